@@ -1,0 +1,44 @@
+# ftlib: every target sets itself up first (a .venv made here), so on a fresh
+# machine `make finetune` and `make test` are the only two commands needed.
+#
+# PyTorch: the default TORCH_SPEC is the CPU wheel this project is developed on.
+# With a GPU, choose your build, e.g.
+#   make test TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# (any torch >= 2.4 works; pyproject.toml's range never replaces the one installed here).
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+PY          := $(VENV)/bin/python
+# Extra arguments for the CLI, e.g. make finetune ARGS="--epochs 2"
+ARGS        ?=
+
+.PHONY: setup test finetune lab bench data clean-venv
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+# Unit tests and every notebook re-executed and compared with its committed outputs.
+test: setup
+	$(PY) -m pytest tests notebooks --nbval --nbval-current-env \
+		--nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+
+# The main job: end-to-end fine-tuning on the embedded defaults (offline, CPU).
+finetune: setup
+	$(PY) -m ftlib finetune $(ARGS)
+
+lab: setup
+	$(PY) -m jupyter lab notebooks
+
+# Regenerate data/instruction-data.json (deterministic).
+data: setup
+	$(PY) scripts/make_instruction_data.py
+
+clean-venv:
+	rm -rf $(VENV)

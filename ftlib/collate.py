@@ -1,0 +1,134 @@
+"""Batching for instruction fine-tuning: the chapter's collate function in three drafts.
+
+draft 1 pads the inputs of a batch to one length; draft 2 adds the targets (the
+inputs shifted by one token); the final `custom_collate_fn` replaces every padding
+target but the first end-of-text with `ignore_index` (-100, which
+`torch.nn.functional.cross_entropy` skips), can truncate to `allowed_max_length`,
+and masks the prompt when items carry their prompt length (exercise 7.2).
+
+A batch item is either a list of token ids, or a tuple `(token_ids, prompt_length)`
+as yielded by `InstructionDataset.with_prompt_lengths()`. Collate knows nothing of
+the model.
+"""
+
+import torch
+
+from ftlib.errors import ConfigError, DataError
+
+END_OF_TEXT_ID = 50256  # GPT-2's <|endoftext|>, used as the padding token
+IGNORE_INDEX = -100      # cross_entropy's default ignore_index
+
+
+def _check_batch(batch):
+    if len(batch) == 0:
+        raise DataError("collate: the batch is empty (a DataLoader with no items?)")
+
+
+def _split_item(item):
+    """(token_ids, prompt_length or None) for either kind of batch item."""
+    if isinstance(item, tuple):
+        ids, prompt_length = item
+        return list(ids), prompt_length
+    return list(item), None
+
+
+def custom_collate_draft_1(batch, pad_token_id=END_OF_TEXT_ID, device="cpu"):
+    """Draft 1: pad every item to the batch's longest (+1) and return the inputs.
+
+    Introduced in: notebooks/02_collate_drafts.ipynb
+    """
+    _check_batch(batch)
+    # +1: every item gets one end-of-text token appended, then all are padded
+    batch_max_length = max(len(item) + 1 for item in batch)
+    inputs_lst = []
+    for item in batch:
+        new_item = list(item) + [pad_token_id]
+        padded = new_item + [pad_token_id] * (batch_max_length - len(new_item))
+        inputs_lst.append(torch.tensor(padded[:-1]))  # drop the extra last token
+    return torch.stack(inputs_lst).to(device)  # (batch, batch_max_length - 1)
+
+
+def custom_collate_draft_2(batch, pad_token_id=END_OF_TEXT_ID, device="cpu"):
+    """Draft 2: inputs as in draft 1, plus targets = the same row shifted left by one.
+
+    Introduced in: notebooks/02_collate_drafts.ipynb
+    """
+    _check_batch(batch)
+    batch_max_length = max(len(item) + 1 for item in batch)
+    inputs_lst, targets_lst = [], []
+    for item in batch:
+        new_item = list(item) + [pad_token_id]
+        padded = new_item + [pad_token_id] * (batch_max_length - len(new_item))
+        inputs_lst.append(torch.tensor(padded[:-1]))
+        targets_lst.append(torch.tensor(padded[1:]))  # position i predicts token i+1
+    return torch.stack(inputs_lst).to(device), torch.stack(targets_lst).to(device)
+
+
+def custom_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=IGNORE_INDEX,
+                      allowed_max_length=None, device="cpu"):
+    """The chapter's final collate function, plus prompt masking.
+
+    - targets that are padding become `ignore_index`, except the first end-of-text
+      of each row, so the model learns to end its response;
+    - `allowed_max_length` truncates inputs and targets (longer rows are cut);
+    - items given as `(token_ids, prompt_length)` also get `ignore_index` on every
+      target that predicts a prompt token, so the loss covers only the response.
+
+    Returns (inputs, targets), each (batch, length) int64 on `device`.
+
+    Introduced in: notebooks/02_collate_drafts.ipynb
+    """
+    _check_batch(batch)
+    if allowed_max_length is not None and allowed_max_length < 1:
+        raise ConfigError(f"allowed_max_length must be at least 1, got {allowed_max_length}")
+    items = [_split_item(item) for item in batch]
+    batch_max_length = max(len(ids) + 1 for ids, _ in items)
+
+    inputs_lst, targets_lst = [], []
+    for ids, prompt_length in items:
+        new_item = ids + [pad_token_id]
+        padded = new_item + [pad_token_id] * (batch_max_length - len(new_item))
+        inputs = torch.tensor(padded[:-1])
+        targets = torch.tensor(padded[1:])
+
+        # keep the first end-of-text target, ignore the rest of the padding
+        mask = targets == pad_token_id
+        indices = torch.nonzero(mask).squeeze()
+        if indices.numel() > 1:
+            targets[indices[1:]] = ignore_index
+
+        if prompt_length is not None:
+            # target i predicts token i+1: targets 0 .. prompt_length-2 predict the
+            # prompt; target prompt_length-1 predicts the first response token.
+            targets[: max(prompt_length - 1, 0)] = ignore_index
+
+        if allowed_max_length is not None:
+            inputs = inputs[:allowed_max_length]
+            targets = targets[:allowed_max_length]
+
+        inputs_lst.append(inputs)
+        targets_lst.append(targets)
+
+    inputs_tensor = torch.stack(inputs_lst).to(device)
+    targets_tensor = torch.stack(targets_lst).to(device)
+    return inputs_tensor, targets_tensor
+
+
+def padding_stats(batch, allowed_max_length=None):
+    """How much of a collated batch is padding, from the items' lengths alone.
+
+    Returns a dict: rows, length (of each padded row), real tokens, padding
+    tokens and the padding fraction, counted on the inputs.
+
+    Introduced in: notebooks/04_dataloaders.ipynb
+    """
+    _check_batch(batch)
+    lengths = [len(_split_item(item)[0]) for item in batch]
+    length = max(lengths)  # inputs are (max length + 1) - 1 long
+    if allowed_max_length is not None:
+        length = min(length, allowed_max_length)
+        lengths = [min(n, allowed_max_length) for n in lengths]
+    real = sum(lengths)
+    total = length * len(lengths)
+    return {"rows": len(lengths), "length": length, "real": real,
+            "padding": total - real, "padding_fraction": (total - real) / total}

@@ -1,0 +1,47 @@
+"""Atomic file writes: write to a temporary file beside the target, then rename.
+
+A crash or Ctrl-C half-way leaves either the old file or no file at the target,
+never a half-written one (`os.replace` is atomic on POSIX and Windows).
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success rename it onto `path`.
+
+    >>> with atomic_path("out.pt") as tmp:
+    ...     torch.save(obj, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data: bytes):
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path, text: str, encoding="utf-8"):
+    """Write `text` to `path` atomically."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path, obj, indent=2):
+    """Write `obj` as JSON (UTF-8, non-ASCII kept readable) to `path` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")

@@ -1,0 +1,120 @@
+"""Text <-> token ids, and the chapter's `generate` with a KV cache.
+
+`generate` is the book's function (top-k, temperature, greedy, stop at an end
+token, crop to the context) with one change in how it computes, not in what it
+returns: keys and values of earlier tokens are kept in a cache, so each new token
+costs one position of compute instead of the whole sequence. Greedy outputs with
+and without the cache are the same token for token.
+"""
+
+import torch
+
+from ftlib.tokenizer import END_OF_TEXT
+
+
+def text_to_token_ids(text, tokenizer):
+    """Encode `text` as a (1, num_tokens) tensor: a batch of one.
+
+    `<|endoftext|>` in the text becomes its token id 50256.
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
+    encoded = tokenizer.encode(text, allowed_special={END_OF_TEXT})
+    return torch.tensor(encoded).unsqueeze(0)  # (1, num_tokens)
+
+
+def token_ids_to_text(token_ids, tokenizer):
+    """Decode a (1, num_tokens) tensor (or a 1-D one) back to text.
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
+    flat = token_ids.squeeze(0)  # (num_tokens,)
+    return tokenizer.decode(flat.tolist())
+
+
+def _next_token(logits, temperature, top_k):
+    """Pick the next token from (b, vocab) logits: top-k filter, then sample or argmax."""
+    if top_k is not None:
+        top_logits, _ = torch.topk(logits, top_k)  # (b, top_k), largest first
+        min_val = top_logits[:, -1:]               # (b, 1): the k-th largest per row
+        logits = torch.where(logits < min_val, torch.full_like(logits, float("-inf")), logits)
+    if temperature > 0.0:
+        probs = torch.softmax(logits / temperature, dim=-1)  # (b, vocab)
+        return torch.multinomial(probs, num_samples=1)       # (b, 1)
+    return torch.argmax(logits, dim=-1, keepdim=True)        # (b, 1)
+
+
+def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None,
+             eos_id=None, use_cache=True):
+    """Append up to `max_new_tokens` tokens to `idx` (b, n) and return (b, n + new).
+
+    As in the chapter: the model sees at most the last `context_size` tokens;
+    `top_k` keeps only the k most likely tokens; `temperature > 0` samples with
+    `torch.multinomial` (seed with `torch.manual_seed` to repeat a run), while
+    `temperature == 0` takes the most likely token (greedy).
+
+    `eos_id`: generation stops when it is produced; it is not appended. With a batch
+    of several rows, a row that has produced `eos_id` is padded with `eos_id` until
+    every row has, and then generation stops.
+
+    `use_cache=True` feeds the prompt once, then one token per step (the KV cache);
+    the result is the same as `use_cache=False`, the chapter's loop, only faster.
+
+    Runs under `torch.no_grad()` and leaves the model's train/eval mode as it is:
+    call `model.eval()` first so dropout is off (the chapter's models use none).
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
+    if max_new_tokens <= 0:
+        return idx
+    with torch.no_grad():
+        cache = model.new_kv_cache() if use_cache else None
+        # The cache may hold at most this many positions before the window slides.
+        limit = min(context_size, cache.max_len) if cache is not None else context_size
+        logits = model(idx[:, -context_size:], kv_cache=cache)  # (b, t, vocab)
+        finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+
+        for step in range(max_new_tokens):
+            idx_next = _next_token(logits[:, -1, :], temperature, top_k)  # (b, 1)
+            if eos_id is not None:
+                finished |= idx_next.squeeze(1) == eos_id
+                if bool(finished.all()):
+                    break  # as the chapter: the end token is not appended
+                # Rows that have ended keep producing eos_id, so every row has the same length.
+                idx_next = idx_next.masked_fill(finished.unsqueeze(1), eos_id)
+            idx = torch.cat((idx, idx_next), dim=1)  # (b, n + step + 1)
+            if step == max_new_tokens - 1:
+                break  # no logits are needed after the last token
+
+            if cache is not None and cache.length < limit:
+                # The new token's position is cache.length: feed only it.
+                logits = model(idx_next, kv_cache=cache)  # (b, 1, vocab)
+            else:
+                # The window is full: the chapter's loop now crops to the last
+                # `context_size` tokens, which renumbers every token's position from
+                # 0, so the cached keys and values (computed at other positions) no
+                # longer apply. We drop the cache and run the whole window each step,
+                # exactly as the chapter does: the result stays identical, and memory
+                # stays bounded by the window. (A rolling cache that kept old
+                # positions would be faster, but would give different tokens.)
+                cache = None
+                logits = model(idx[:, -context_size:])  # (b, context_size, vocab)
+    return idx
+
+
+def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
+    """Print a greedy continuation of `start_context` on one line (the chapter's helper).
+
+    Switches the model to eval mode for the sample and restores its mode afterwards.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        context_size = model.pos_emb.weight.shape[0]
+        encoded = text_to_token_ids(start_context, tokenizer).to(device)
+        token_ids = generate(model, encoded, max_new_tokens, context_size)
+        print(token_ids_to_text(token_ids, tokenizer).replace("\n", " "))
+    finally:
+        model.train(was_training)

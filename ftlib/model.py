@@ -1,0 +1,292 @@
+"""GPTModel: the GPT-2 architecture of the book, written to be read top to bottom.
+
+The parameter names (`tok_emb`, `trf_blocks[i].att.W_query`, `ff.layers[0]`,
+`norm1.scale`, `out_head`, ...) are the book's, so `load_weights_into_gpt` maps
+OpenAI's checkpoints onto them exactly as the chapter does.
+
+Two additions beyond the chapter, both optional and off by default:
+- `kv_cache`: keys and values of earlier tokens are kept, so generation feeds
+  one new token per step instead of the whole sequence (see ftlib/generate.py);
+- `position_ids` and `attn_mask`: several examples can share one row ("packing")
+  with positions restarting per example and attention kept inside each example.
+
+The model knows nothing of data, files or tokenizers.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ftlib.errors import ConfigError
+
+# The chapter's settings shared by every OpenAI GPT-2 size.
+BASE_CONFIG = {
+    "vocab_size": 50257,     # GPT-2's BPE vocabulary
+    "context_length": 1024,  # GPT-2 was trained with 1024 positions
+    "drop_rate": 0.0,        # no dropout when fine-tuning, as in the chapter
+    "qkv_bias": True,        # OpenAI's checkpoints have query/key/value biases
+}
+
+model_configs = {
+    "gpt2-small (124M)": {"emb_dim": 768, "n_layers": 12, "n_heads": 12},
+    "gpt2-medium (355M)": {"emb_dim": 1024, "n_layers": 24, "n_heads": 16},
+    "gpt2-large (774M)": {"emb_dim": 1280, "n_layers": 36, "n_heads": 20},
+    "gpt2-xl (1558M)": {"emb_dim": 1600, "n_layers": 48, "n_heads": 25},
+}
+
+# A model small enough to train from scratch on a laptop CPU in minutes. It keeps
+# GPT-2's real vocabulary (so the real tokenizer and data path are used unchanged);
+# at this width the 50257-way output layer is most of the compute.
+TINY_CONFIG = {
+    "vocab_size": 50257,
+    "context_length": 256,   # the bundled data's longest example is far shorter
+    "emb_dim": 128,
+    "n_heads": 4,            # head size 32
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": False,
+}
+
+TINY_NAME = "tiny"
+
+
+def get_config(name):
+    """Return the full config dict for `"tiny"` or one of `model_configs`' names.
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
+    if name == TINY_NAME:
+        return dict(TINY_CONFIG)
+    if name in model_configs:
+        return {**BASE_CONFIG, **model_configs[name]}
+    allowed = ", ".join(repr(n) for n in [TINY_NAME, *model_configs])
+    raise ConfigError(f"unknown model {name!r}; choose one of: {allowed}")
+
+
+class LayerNorm(nn.Module):
+    """Layer normalisation with the book's parameter names (`scale`, `shift`)."""
+
+    def __init__(self, emb_dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps  # GPT-2's value
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x):
+        return F.layer_norm(x, (x.shape[-1],), self.scale, self.shift, self.eps)
+
+
+class GELU(nn.Module):
+    """GELU with the tanh approximation, the one GPT-2 was trained with."""
+
+    def forward(self, x):
+        return F.gelu(x, approximate="tanh")
+
+
+class FeedForward(nn.Module):
+    """Expand to 4x the width, GELU, project back: (b, t, d) -> (b, t, d)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        d = cfg["emb_dim"]
+        self.layers = nn.Sequential(nn.Linear(d, 4 * d), GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention (PyTorch's fused scaled_dot_product_attention)."""
+
+    def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
+        super().__init__()
+        if d_out % num_heads:
+            raise ConfigError(f"emb_dim {d_out} is not divisible by n_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = d_out // num_heads
+        self.context_length = context_length
+        self.dropout = dropout
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
+
+    def _heads(self, x):
+        b, t, _ = x.shape
+        # (b, t, d_out) -> (b, num_heads, t, head_dim)
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x, attn_mask=None, kv_cache=None, layer_idx=0):
+        b, t, _ = x.shape
+        q, k, v = self._heads(self.W_query(x)), self._heads(self.W_key(x)), self._heads(self.W_value(x))
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.length
+            k, v = kv_cache.update(layer_idx, k, v)  # (b, heads, past + t, head_dim)
+
+        is_causal = False
+        if attn_mask is None and t > 1:
+            if past == 0:
+                is_causal = True
+            else:
+                # new token i may see every cached token and new tokens up to itself
+                attn_mask = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(past)
+        ctx = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (b, heads, t, head_dim)
+        ctx = ctx.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
+        return self.out_proj(ctx)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm1(x)), then x + ff(norm2(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.att = MultiHeadAttention(
+            d_in=cfg["emb_dim"], d_out=cfg["emb_dim"], context_length=cfg["context_length"],
+            dropout=cfg["drop_rate"], num_heads=cfg["n_heads"], qkv_bias=cfg["qkv_bias"],
+        )
+        self.ff = FeedForward(cfg)
+        self.norm1 = LayerNorm(cfg["emb_dim"])
+        self.norm2 = LayerNorm(cfg["emb_dim"])
+        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+
+    def forward(self, x, attn_mask=None, kv_cache=None, layer_idx=0):
+        x = x + self.drop_shortcut(self.att(self.norm1(x), attn_mask, kv_cache, layer_idx))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, one slot per layer.
+
+    Memory is allocated once for `max_len` positions (the context length), so
+    it stays bounded however long generation runs.
+    """
+
+    def __init__(self, n_layers, max_len):
+        self.max_len = max_len
+        self.keys = [None] * n_layers
+        self.values = [None] * n_layers
+        self.length = 0  # positions filled, the same in every layer
+
+    def update(self, layer_idx, k, v):
+        """Append (b, heads, t, head_dim) keys/values; return all so far."""
+        t = k.shape[2]
+        if self.keys[layer_idx] is None:
+            b, h, _, hd = k.shape
+            self.keys[layer_idx] = k.new_zeros(b, h, self.max_len, hd)
+            self.values[layer_idx] = v.new_zeros(b, h, self.max_len, hd)
+        end = self.length + t
+        if end > self.max_len:
+            raise ConfigError(f"KV cache holds {self.max_len} positions; {end} requested")
+        self.keys[layer_idx][:, :, self.length:end] = k
+        self.values[layer_idx][:, :, self.length:end] = v
+        if layer_idx == len(self.keys) - 1:
+            self.length = end  # the last layer has written: advance for the next call
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+
+class GPTModel(nn.Module):
+    """GPT-2: token + position embeddings, `n_layers` blocks, final norm, output head.
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
+        self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
+        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.trf_blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg["n_layers"]))
+        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        # GPT-2's initialisation (normal, std 0.02) rather than PyTorch's defaults:
+        # a model trained from scratch learns much faster with it, and pretrained
+        # weights overwrite it anyway.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def hidden_states(self, in_idx, position_ids=None, attn_mask=None, kv_cache=None):
+        """Everything but the output head: (b, t) ids -> (b, t, emb_dim)."""
+        b, t = in_idx.shape
+        if position_ids is None:
+            start = kv_cache.length if kv_cache is not None else 0
+            position_ids = torch.arange(start, start + t, device=in_idx.device)
+        if int(position_ids.max()) >= self.cfg["context_length"]:
+            raise ConfigError(
+                f"position {int(position_ids.max())} is past context_length "
+                f"{self.cfg['context_length']}; truncate inputs (allowed_max_length)"
+            )
+        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(position_ids))  # (b, t, d)
+        for i, block in enumerate(self.trf_blocks):
+            x = block(x, attn_mask, kv_cache, i)
+        return self.final_norm(x)
+
+    def forward(self, in_idx, position_ids=None, attn_mask=None, kv_cache=None):
+        """(b, t) token ids -> (b, t, vocab_size) logits."""
+        return self.out_head(self.hidden_states(in_idx, position_ids, attn_mask, kv_cache))
+
+    def new_kv_cache(self):
+        """An empty KV cache sized for this model's context length."""
+        return KVCache(self.cfg["n_layers"], self.cfg["context_length"])
+
+
+def count_parameters(cfg):
+    """Parameters of `GPTModel(cfg)`, computed from the config alone (no allocation).
+
+    Returns (total, total_if_tied): OpenAI's GPT-2 shares the token embedding with
+    the output head, so its advertised sizes (124M, ...) count that matrix once.
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
+    v, c, d, n = cfg["vocab_size"], cfg["context_length"], cfg["emb_dim"], cfg["n_layers"]
+    qkv = 3 * (d * d + (d if cfg["qkv_bias"] else 0))
+    attn = qkv + d * d + d                       # + out_proj with bias
+    ff = d * 4 * d + 4 * d + 4 * d * d + d       # two linears with biases
+    norms = 2 * 2 * d                            # norm1, norm2: scale + shift
+    total = v * d + c * d + n * (attn + ff + norms) + 2 * d + d * v
+    return total, total - d * v
+
+
+def model_memory_table(names=None):
+    """Rows of parameters and memory per model size: weights in fp32 and bf16,
+    and what full fine-tuning with AdamW needs (weights + grads + 2 moments, fp32).
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
+    rows = []
+    for name in names or [TINY_NAME, *model_configs]:
+        total, tied = count_parameters(get_config(name))
+        gib = 1024 ** 3
+        rows.append({
+            "model": name,
+            "params": total,
+            "params_tied": tied,
+            "fp32_weights_gib": total * 4 / gib,
+            "bf16_weights_gib": total * 2 / gib,
+            # AdamW keeps two fp32 moments per parameter; training also holds grads
+            "adamw_train_fp32_gib": total * 4 * 4 / gib,
+        })
+    return rows
+
+
+def format_memory_table(rows):
+    """The rows of `model_memory_table` as a fixed-width text table."""
+    lines = [f"{'model':<20}{'params':>14}{'as tied':>14}{'fp32 GiB':>10}{'bf16 GiB':>10}{'AdamW train GiB':>17}"]
+    for r in rows:
+        lines.append(
+            f"{r['model']:<20}{r['params']:>14,}{r['params_tied']:>14,}"
+            f"{r['fp32_weights_gib']:>10.2f}{r['bf16_weights_gib']:>10.2f}{r['adamw_train_fp32_gib']:>17.2f}"
+        )
+    return "\n".join(lines)
+

@@ -1,0 +1,222 @@
+"""A tiny read-only HTTP file server with Range support.
+
+Two uses:
+- Tests start it on 127.0.0.1 to check `ftlib.download` against a real server,
+  with no internet (it can also drop a connection on purpose, and it logs requests).
+- An instructor runs it as a classroom mirror of the GPT-2 files and the data set:
+
+      python -m ftlib.serve gpt2/ --host 0.0.0.0 --port 8000
+
+Only files under the served folder are reachable; directories give 404.
+`Range: bytes=N-` and `bytes=N-M` are honoured, so interrupted downloads resume.
+"""
+
+import argparse
+import contextlib
+import mimetypes
+import re
+import socket
+import sys
+import threading
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from ftlib.errors import ConfigError
+
+_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_CHUNK = 1 << 16
+
+
+class LocalServer(str):
+    """The base URL of a running `serve_directory` (a str), plus test helpers.
+
+    - `.url`: the base URL, e.g. "http://127.0.0.1:54321" (same as the str itself)
+    - `.root`: the folder being served
+    - `.requests`: a list of (method, path, range header or None), one per request
+    - `.fail_after_bytes`: if not None, each response body is cut after this many
+      bytes and the connection closed (a dropped download); set it to None to heal.
+
+    Introduced in: notebooks/01_instruction_data.ipynb
+    """
+
+    def __new__(cls, url, root, fail_after_bytes=None):
+        self = super().__new__(cls, url)
+        self.url = url
+        self.root = Path(root)
+        self.requests = []
+        self.fail_after_bytes = fail_after_bytes
+        return self
+
+
+def _parse_range(header, size):
+    """Return (start, end) inclusive for a Range header, "unsatisfiable", or None.
+
+    None means "no usable Range: send the whole file", as HTTP asks for a header
+    we do not understand.
+    """
+    match = _RANGE_RE.match(header.strip()) if header else None
+    if match is None:
+        return None
+    start = int(match.group(1))
+    if start >= size:
+        return "unsatisfiable"
+    end = int(match.group(2)) if match.group(2) else size - 1
+    if end < start:
+        return None
+    return start, min(end, size - 1)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Answers GET and HEAD for files under the server's root; `self.server.local`
+    is the LocalServer (root, request log, options)."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, so Content-Length must be right
+
+    def log_message(self, format, *args):
+        pass  # quiet: no line on stderr per request
+
+    def do_HEAD(self):
+        self._serve(send_body=False)
+
+    def do_GET(self):
+        self._serve(send_body=True)
+
+    def _file_for_request(self):
+        """The file the URL names, or None if it is missing or outside the root."""
+        root = self.server.local.root.resolve()
+        url_path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        path = (root / url_path.lstrip("/")).resolve()
+        # resolve() has removed "..": anything not under root is an escape attempt
+        if not path.is_relative_to(root) or not path.is_file():
+            return None
+        return path
+
+    def _serve(self, send_body):
+        range_header = self.headers.get("Range")
+        self.server.local.requests.append((self.command, self.path, range_header))
+        path = self._file_for_request()
+        if path is None:
+            self.send_error(HTTPStatus.NOT_FOUND, "File not found")
+            return
+        size = path.stat().st_size
+        byte_range = _parse_range(range_header, size)
+
+        if byte_range == "unsatisfiable":
+            self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if byte_range is None:
+            start, end = 0, size - 1
+            self.send_response(HTTPStatus.OK)
+        else:
+            start, end = byte_range
+            self.send_response(HTTPStatus.PARTIAL_CONTENT)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        length = end - start + 1
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if send_body:
+            self._send_body(path, start, length)
+
+    def _send_body(self, path, start, length):
+        limit = self.server.local.fail_after_bytes
+        to_send = length if limit is None else min(length, limit)
+        short = to_send < length
+        with open(path, "rb") as f:
+            f.seek(start)
+            while to_send > 0:
+                chunk = f.read(min(_CHUNK, to_send))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                to_send -= len(chunk)
+        if short or to_send > 0:
+            # Fewer bytes than Content-Length went out (on purpose, or the file
+            # shrank): close, so the client sees a short read instead of waiting.
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck client never blocks shutdown
+
+    def handle_error(self, request, client_address):
+        # A client that hangs up mid-download is normal here; anything else is a bug.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+@contextlib.contextmanager
+def serve_directory(root, host="127.0.0.1", port=0, fail_after_bytes=None):
+    """Serve the files under `root` over HTTP in a background thread.
+
+    Yields a `LocalServer`: the base URL as a str (port 0 picks a free port), which
+    also carries the request log. The server stops when the `with` block ends.
+
+    >>> with serve_directory("data") as url:
+    ...     download_file(f"{url}/instruction-data.json", "copy.json")
+
+    Introduced in: notebooks/01_instruction_data.ipynb
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"Cannot serve {root}: it is not a folder")
+    httpd = _QuietServer((host, port), _Handler)
+    bound_host, bound_port = httpd.server_address[:2]  # port 0 -> the one the OS chose
+    server = LocalServer(f"http://{bound_host}:{bound_port}", root, fail_after_bytes)
+    httpd.local = server  # what the handler reads: root, request log, options
+    thread = threading.Thread(target=httpd.serve_forever, name=f"serve {server}", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+def main(argv=None):
+    """Command line: `python -m ftlib.serve DIR [--host H] [--port P]`, until Ctrl-C.
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m ftlib.serve",
+        description="Serve a folder read-only over HTTP (with Range support), "
+        "for example as a classroom mirror of the GPT-2 files.",
+    )
+    parser.add_argument("directory", help="the folder to serve")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; "
+        "use 0.0.0.0 to let other machines in the room download)",
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    args = parser.parse_args(argv)
+
+    try:
+        with serve_directory(args.directory, host=args.host, port=args.port) as url:
+            print(f"Serving {Path(args.directory).resolve()} at {url} (Ctrl-C to stop)")
+            if args.host == "0.0.0.0":
+                port = url.rsplit(":", 1)[1]
+                print(f"Other machines can use http://{socket.gethostname()}:{port}")
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()  # until Ctrl-C
+    except (ConfigError, OSError) as exc:  # not a folder, or the port is taken
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("Stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
