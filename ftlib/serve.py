@@ -7,7 +7,8 @@ Two uses:
 
       python -m ftlib.serve gpt2/ --host 0.0.0.0 --port 8000
 
-Only files under the served folder are reachable; directories give 404.
+Only files under the served folder are reachable (a symlink that leads outside it
+is refused too); directories give 404.
 `Range: bytes=N-` and `bytes=N-M` are honoured, so interrupted downloads resume.
 """
 
@@ -88,7 +89,8 @@ class _Handler(BaseHTTPRequestHandler):
         root = self.server.local.root.resolve()
         url_path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
         path = (root / url_path.lstrip("/")).resolve()
-        # resolve() has removed "..": anything not under root is an escape attempt
+        # resolve() has removed ".." and followed symlinks: anything not under root
+        # is an attempt to escape it
         if not path.is_relative_to(root) or not path.is_file():
             return None
         return path
@@ -173,7 +175,11 @@ def serve_directory(root, host="127.0.0.1", port=0, fail_after_bytes=None):
     bound_host, bound_port = httpd.server_address[:2]  # port 0 -> the one the OS chose
     server = LocalServer(f"http://{bound_host}:{bound_port}", root, fail_after_bytes)
     httpd.local = server  # what the handler reads: root, request log, options
-    thread = threading.Thread(target=httpd.serve_forever, name=f"serve {server}", daemon=True)
+    # A short poll interval makes shutdown quick (serve_forever checks it that often).
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name=f"serve {server}",
+        daemon=True,
+    )
     thread.start()
     try:
         yield server
