@@ -33,6 +33,12 @@ test: setup
 finetune: setup
 	$(PY) -m ftlib finetune $(ARGS)
 
+# Benchmarks (see benchmarks/README.md): ratios against a baseline measured in the same run.
+bench: setup
+	$(PY) benchmarks/bench_padding.py
+	$(PY) benchmarks/bench_finetune.py --quick
+	$(PY) benchmarks/bench_generate.py --quick
+
 lab: setup
 	$(PY) -m jupyter lab notebooks
 

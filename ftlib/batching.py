@@ -3,10 +3,25 @@
 `EpochSampler` shuffles like `DataLoader(shuffle=True)`, but from a seed and the
 epoch number alone, so a run that resumes from a checkpoint mid-epoch sees the
 same order as one that never stopped.
+
+`LengthGroupedBatchSampler` puts examples of similar length together, so a batch
+padded to its longest example holds little padding, while the order of the
+batches stays random; it is reproducible per epoch in the same way.
+
+`make_loader` builds the DataLoader for one of three strategies: random batches
+(the chapter's), length-grouped batches, or packed batches (ftlib/packing.py).
+It is the one place that knows collate and packing; the samplers know only
+lengths and indices.
 """
 
+import functools
+
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
+
+from ftlib.collate import custom_collate_fn
+from ftlib.errors import ConfigError
+from ftlib.packing import pack_collate_fn
 
 
 class EpochSampler(Sampler):
@@ -29,3 +44,100 @@ class EpochSampler(Sampler):
 
     def __len__(self):
         return self.n
+
+
+def item_lengths(items):
+    """Token count of each item: an id list, or an `(ids, prompt_length)` tuple.
+
+    Introduced in: notebooks/04_dataloaders.ipynb
+    """
+    return [len(item[0]) if isinstance(item, tuple) else len(item) for item in items]
+
+
+class LengthGroupedBatchSampler(Sampler):
+    """Batches of examples of similar length, in random order (call `set_epoch` each epoch).
+
+    Per epoch: shuffle all indices (from `seed` and the epoch), cut them into
+    buckets of `bucket_size`, sort each bucket by length and cut it into batches,
+    then shuffle the batches. Examples in a batch have similar lengths, so little
+    of it is padding; which examples meet, and the order of the batches, stay random.
+
+    - `lengths`: token count per example (see `item_lengths`);
+    - `bucket_size`: examples per bucket, rounded up to a multiple of `batch_size`
+      (default 16 batches: larger buckets pad less but make batches less random);
+    - `drop_last`: drop the one batch that would be smaller than `batch_size`.
+
+    Use as `DataLoader(items, batch_sampler=LengthGroupedBatchSampler(...), collate_fn=...)`.
+
+    Introduced in: notebooks/04_dataloaders.ipynb
+    """
+
+    def __init__(self, lengths, batch_size, seed=123, drop_last=True, bucket_size=None):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.lengths = list(lengths)
+        self.batch_size, self.seed, self.drop_last, self.epoch = batch_size, seed, drop_last, 0
+        bucket_size = 16 * batch_size if bucket_size is None else bucket_size
+        # a multiple of batch_size, so only the last bucket can leave a short batch
+        self.bucket_size = max(1, -(-bucket_size // batch_size)) * batch_size
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        batches = []
+        for start in range(0, len(order), self.bucket_size):
+            # sorted() is stable: equal lengths keep their shuffled order
+            bucket = sorted(order[start:start + self.bucket_size], key=self.lengths.__getitem__)
+            for b in range(0, len(bucket), self.batch_size):
+                batch = bucket[b:b + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
+        for i in torch.randperm(len(batches), generator=g).tolist():
+            yield batches[i]
+
+    def __len__(self):
+        if self.drop_last:
+            return len(self.lengths) // self.batch_size
+        return -(-len(self.lengths) // self.batch_size)
+
+
+BATCHING_STRATEGIES = ("random", "length", "packed")
+
+
+def make_loader(items, batch_size, batching="random", shuffle=True, seed=123,
+                allowed_max_length=None, row_length=None, bucket_size=None,
+                drop_last=None, device="cpu"):
+    """A DataLoader over instruction items with one of three batching strategies.
+
+    - `"random"`: the chapter's: shuffled (`EpochSampler`), each batch padded to its
+      longest example by `custom_collate_fn`;
+    - `"length"`: `LengthGroupedBatchSampler` + `custom_collate_fn`: batches of
+      similar lengths, little padding;
+    - `"packed"`: shuffled like "random", each batch packed by `pack_collate_fn`
+      into rows of at most `row_length` tokens (default: `allowed_max_length`, or
+      the whole batch in one row): the same batches, almost no padding.
+
+    `shuffle=False` (for validation) keeps the data's order for every strategy, so
+    "random" and "length" give the same batches and "packed" the same losses.
+    `drop_last` defaults to `shuffle`, as in the chapter (train drops, val keeps).
+
+    Introduced in: notebooks/04_dataloaders.ipynb
+    """
+    if batching not in BATCHING_STRATEGIES:
+        raise ConfigError(f"unknown batching {batching!r}; choose one of: {', '.join(BATCHING_STRATEGIES)}")
+    drop_last = shuffle if drop_last is None else drop_last
+    if batching == "packed":
+        collate = functools.partial(pack_collate_fn, row_length=row_length or allowed_max_length,
+                                    allowed_max_length=allowed_max_length, device=device)
+    else:
+        collate = functools.partial(custom_collate_fn, allowed_max_length=allowed_max_length,
+                                    device=device)
+    if batching == "length" and shuffle:
+        sampler = LengthGroupedBatchSampler(item_lengths(items), batch_size, seed=seed,
+                                            drop_last=drop_last, bucket_size=bucket_size)
+        return DataLoader(items, batch_sampler=sampler, collate_fn=collate, num_workers=0)
+    return DataLoader(items, batch_size=batch_size, sampler=EpochSampler(len(items), seed, shuffle),
+                      collate_fn=collate, drop_last=drop_last, num_workers=0)

@@ -16,7 +16,6 @@ weights folder) exits with status 2 and one message, before anything is written.
 """
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -66,6 +65,11 @@ def build_parser():
                     help="longest response generated when evaluating")
     ft.add_argument("--no-progress", action="store_true", help="no progress bars")
     ft.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    ft.add_argument("--batching", choices=["random", "length", "packed"], default="packed",
+                    help="random: the chapter's padded batches; length: length-grouped batches; "
+                         "packed (default): the same batches as random, packed without padding")
+    ft.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast and TF32 matmuls (default: on with CUDA, off elsewhere)")
     return parser
 
 
@@ -125,22 +129,16 @@ def build_model(args, cfg, kind, device, log):
     return model.to(device)
 
 
-def make_loaders(train, val, tokenizer, settings, device, seed):
-    from torch.utils.data import DataLoader
-
-    from ftlib.batching import EpochSampler
-    from ftlib.collate import custom_collate_fn
+def make_loaders(train, val, tokenizer, settings, device, seed, batching="packed"):
+    from ftlib.batching import make_loader
     from ftlib.data import InstructionDataset
-
-    collate = functools.partial(custom_collate_fn, device=device,
-                                allowed_max_length=settings["allowed_max_length"])
 
     def loader(entries, shuffle):
         dataset = InstructionDataset(entries, tokenizer)
         items = dataset.with_prompt_lengths() if settings["mask_prompt"] else dataset
-        return DataLoader(items, batch_size=settings["batch_size"], collate_fn=collate,
-                          sampler=EpochSampler(len(items), seed=seed, shuffle=shuffle),
-                          drop_last=shuffle, num_workers=0)
+        return make_loader(items, settings["batch_size"], batching=batching, shuffle=shuffle,
+                           seed=seed, allowed_max_length=settings["allowed_max_length"],
+                           device=device)
 
     return loader(train, True), loader(val, False)
 
@@ -156,8 +154,8 @@ def run_finetune(args, log=print):
                                 save_responses, score_responses)
     from ftlib.fileio import atomic_write_json
     from ftlib.tokenizer import get_gpt2_tokenizer
-    from ftlib.train import (load_checkpoint, plot_losses, train_model_simple,
-                             warmup_cosine_schedule)
+    from ftlib.train import (autocast_dtype_for, enable_tf32, load_checkpoint, make_optimizer,
+                             plot_losses, train_model_simple, warmup_cosine_schedule)
 
     cfg, kind, settings = resolve_settings(args)
     device = get_device(args.device)
@@ -173,7 +171,8 @@ def run_finetune(args, log=print):
 
     tokenizer = get_gpt2_tokenizer()
     model = build_model(args, cfg, kind, device, log)
-    train_loader, val_loader = make_loaders(train, val, tokenizer, settings, device, args.seed)
+    train_loader, val_loader = make_loaders(train, val, tokenizer, settings, device, args.seed,
+                                            batching=args.batching)
     progress = not args.no_progress
     gen = dict(tokenizer=tokenizer, device=device, max_new_tokens=args.max_new_tokens, progress=progress)
 
@@ -181,9 +180,10 @@ def run_finetune(args, log=print):
     before_responses = generate_responses(model, test, **gen)
     before = score_responses(before_responses)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["lr"],
-                                  weight_decay=settings["weight_decay"],
-                                  fused=device.type in ("cuda", "cpu") or None)
+    optimizer = make_optimizer(model, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    mixed = device.type == "cuda" if args.mixed_precision is None else args.mixed_precision
+    enable_tf32(device, mixed)
+    autocast_dtype = autocast_dtype_for(device, bf16=mixed)
     total_steps = len(train_loader) * settings["epochs"]
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
@@ -202,7 +202,7 @@ def run_finetune(args, log=print):
         start_context=format_input(val[0]), tokenizer=tokenizer, scheduler=scheduler,
         max_steps=args.max_steps, grad_clip=1.0, progress=progress, print_samples=False,
         checkpoint_path=checkpoint_path, checkpoint_every=max(1, total_steps // 10),
-        resume_state=resume_state, log=log)
+        resume_state=resume_state, log=log, autocast_dtype=autocast_dtype)
     train_time = time.perf_counter() - start
 
     log("Responses on the held-out test entries after fine-tuning ...")

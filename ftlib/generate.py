@@ -44,6 +44,17 @@ def _next_token(logits, temperature, top_k):
     return torch.argmax(logits, dim=-1, keepdim=True)        # (b, 1)
 
 
+def _last_logits(model, idx, kv_cache=None):
+    """Logits for the last position only: (b, t) ids -> (b, vocab).
+
+    The chapter runs the output head on every position and keeps the last; running
+    it on the last alone gives the same logits (up to float rounding) and skips most
+    of the work for small models, whose (emb_dim x 50257) head is their largest matrix.
+    """
+    hidden = model.hidden_states(idx, kv_cache=kv_cache)  # (b, t, emb_dim)
+    return model.out_head(hidden[:, -1, :])               # (b, vocab)
+
+
 def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None,
              eos_id=None, use_cache=True):
     """Append up to `max_new_tokens` tokens to `idx` (b, n) and return (b, n + new).
@@ -58,7 +69,8 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     every row has, and then generation stops.
 
     `use_cache=True` feeds the prompt once, then one token per step (the KV cache);
-    the result is the same as `use_cache=False`, the chapter's loop, only faster.
+    `use_cache=False` runs the whole (cropped) sequence every step, as the chapter
+    does. Both give the same tokens; the cache is faster.
 
     Runs under `torch.no_grad()` and leaves the model's train/eval mode as it is:
     call `model.eval()` first so dropout is off (the chapter's models use none).
@@ -71,11 +83,11 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
         cache = model.new_kv_cache() if use_cache else None
         # The cache may hold at most this many positions before the window slides.
         limit = min(context_size, cache.max_len) if cache is not None else context_size
-        logits = model(idx[:, -context_size:], kv_cache=cache)  # (b, t, vocab)
+        logits = _last_logits(model, idx[:, -context_size:], cache)  # (b, vocab)
         finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
 
         for step in range(max_new_tokens):
-            idx_next = _next_token(logits[:, -1, :], temperature, top_k)  # (b, 1)
+            idx_next = _next_token(logits, temperature, top_k)  # (b, 1)
             if eos_id is not None:
                 finished |= idx_next.squeeze(1) == eos_id
                 if bool(finished.all()):
@@ -88,7 +100,7 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
 
             if cache is not None and cache.length < limit:
                 # The new token's position is cache.length: feed only it.
-                logits = model(idx_next, kv_cache=cache)  # (b, 1, vocab)
+                logits = _last_logits(model, idx_next, cache)
             else:
                 # The window is full: the chapter's loop now crops to the last
                 # `context_size` tokens, which renumbers every token's position from
@@ -98,7 +110,7 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
                 # stays bounded by the window. (A rolling cache that kept old
                 # positions would be faster, but would give different tokens.)
                 cache = None
-                logits = model(idx[:, -context_size:])  # (b, context_size, vocab)
+                logits = _last_logits(model, idx[:, -context_size:])
     return idx
 
 

