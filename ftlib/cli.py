@@ -70,16 +70,27 @@ def build_parser():
                          "packed (default): the same batches as random, packed without padding")
     ft.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast and TF32 matmuls (default: on with CUDA, off elsewhere)")
+    ft.add_argument("--lora-rank", type=int,
+                    help="train LoRA adapters of this rank instead of all weights (exercise 7.4)")
+    ft.add_argument("--lora-alpha", type=float, default=16.0,
+                    help="LoRA scaling alpha (default 16, as in the book)")
+
+    ex = sub.add_parser("export-hf", help="export a run folder to a Hugging Face GPT-2 folder")
+    ex.add_argument("run_dir", type=Path, help="a run folder of `finetune` (config.json, model.pth)")
+    ex.add_argument("out_dir", type=Path, help="the folder to write (replaced if it exists)")
     return parser
 
 
 def _check_positive(args):
-    for name in ("epochs", "max_steps", "batch_size", "allowed_max_length", "max_new_tokens"):
+    for name in ("epochs", "max_steps", "batch_size", "allowed_max_length", "max_new_tokens",
+                 "lora_rank"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.lr is not None and not args.lr > 0:
         raise ConfigError(f"--lr must be positive, got {args.lr}")
+    if not args.lora_alpha > 0:
+        raise ConfigError(f"--lora-alpha must be positive, got {args.lora_alpha}")
 
 
 def resolve_settings(args):
@@ -126,6 +137,13 @@ def build_model(args, cfg, kind, device, log):
         log(f"Loaded OpenAI's pretrained {args.model} from {models_dir}")
     else:
         log("Model: tiny GPT, random initial weights (trained from scratch here)")
+    if args.lora_rank is not None:
+        from ftlib.lora import add_lora
+
+        total = sum(p.numel() for p in model.parameters())
+        trainable = add_lora(model, rank=args.lora_rank, alpha=args.lora_alpha)
+        log(f"LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g}: {trainable:,} trainable "
+            f"parameters (the {total:,} of the model are frozen)")
     return model.to(device)
 
 
@@ -217,10 +235,15 @@ def run_finetune(args, log=print):
     if train_losses:
         plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path=args.out / "loss-plot.png")
     save_responses(responses, args.out / "test-responses.json")
+    if args.lora_rank is not None:
+        from ftlib.lora import merge_lora
+
+        merge_lora(model)  # model.pth is a plain GPTModel state_dict either way
     save_model(model, args.out / "model.pth")
     atomic_write_json(args.out / "config.json", {
         "model": args.model, "model_config": cfg, "dataset": dataset_name, "seed": args.seed,
-        **settings, "max_steps": args.max_steps, "device": str(device)})
+        **settings, "max_steps": args.max_steps, "device": str(device),
+        "lora_rank": args.lora_rank, "lora_alpha": args.lora_alpha if args.lora_rank else None})
     metrics = {
         "model": args.model,
         "dataset": dataset_name,
@@ -252,6 +275,10 @@ def main(argv=None):
     try:
         if args.command == "finetune":
             run_finetune(args)
+        elif args.command == "export-hf":
+            from ftlib.export import main_export
+
+            main_export(args.run_dir, args.out_dir)
     except FtlibError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,8 @@ import contextlib
 import itertools
 import math
 import random
+import signal
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -331,6 +333,35 @@ def _set_epoch(loader, epoch):
             obj.set_epoch(epoch)
 
 
+class _StopAtStepEnd:
+    """Ctrl-C (SIGINT) during training: finish the current step, then stop.
+
+    The first Ctrl-C only sets `requested`; the loop checks it between steps, so a
+    checkpoint never holds a half-done update. A second Ctrl-C stops at once.
+    Active only in the main thread (where Python delivers signals).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def train_model_simple(model, train_loader, val_loader, optimizer, device, num_epochs,
                        eval_freq, eval_iter, start_context, tokenizer, *,
                        scheduler=None, max_steps=None, grad_clip=None, progress=True,
@@ -385,64 +416,73 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     bar = tqdm(total=total_steps, initial=global_step + 1, disable=not progress,
                desc="training", unit="step", dynamic_ncols=True)
     model.train()
-    try:
-        for epoch in range(num_epochs):
-            _set_epoch(train_loader, epoch)
-            batches = iter(train_loader)
-            for step_in_epoch in range(steps_per_epoch):
-                step = epoch * steps_per_epoch + step_in_epoch
-                micro_batches = list(itertools.islice(batches, accumulation_steps))
-                if step <= global_step:
-                    continue  # resuming: these batches were trained on before the stop
-                if step >= total_steps:
-                    break
-                for batch in micro_batches:  # the padding meter, from the batches alone
-                    input_batch, target_batch, _ = split_batch(batch)
-                    tokens_seen += input_batch.numel()
-                    meter["processed_tokens"] += input_batch.numel()
-                    meter["padding_tokens"] += padding_tokens(target_batch)
-                    meter["target_tokens"] += int((target_batch != IGNORE_INDEX).sum())
-                meter["padding_fraction"] = meter["padding_tokens"] / max(1, meter["processed_tokens"])
-                optimizer.zero_grad(set_to_none=True)
-                try:
-                    loss = accumulate_gradients(micro_batches, model, device,
-                                                autocast_dtype=autocast_dtype)
-                except TrainingDiverged as exc:
-                    raise TrainingDiverged(
-                        f"{exc} at step {step} (epoch {epoch + 1}); "
-                        "try a lower learning rate (--lr) or gradient clipping") from None
-                if grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                meter["steps"] += 1
-                global_step = step
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", pad=f"{meter['padding_fraction']:.1%}", refresh=False)
+    updating = False  # True between optimizer.step() and recording the step
+    with _StopAtStepEnd() as stop:
+        try:
+            for epoch in range(num_epochs):
+                _set_epoch(train_loader, epoch)
+                batches = iter(train_loader)
+                for step_in_epoch in range(steps_per_epoch):
+                    step = epoch * steps_per_epoch + step_in_epoch
+                    micro_batches = list(itertools.islice(batches, accumulation_steps))
+                    if step <= global_step:
+                        continue  # resuming: these batches were trained on before the stop
+                    if step >= total_steps:
+                        break
+                    for batch in micro_batches:  # the padding meter, from the batches alone
+                        input_batch, target_batch, _ = split_batch(batch)
+                        tokens_seen += input_batch.numel()
+                        meter["processed_tokens"] += input_batch.numel()
+                        meter["padding_tokens"] += padding_tokens(target_batch)
+                        meter["target_tokens"] += int((target_batch != IGNORE_INDEX).sum())
+                    meter["padding_fraction"] = meter["padding_tokens"] / max(1, meter["processed_tokens"])
+                    optimizer.zero_grad(set_to_none=True)
+                    try:
+                        loss = accumulate_gradients(micro_batches, model, device,
+                                                    autocast_dtype=autocast_dtype)
+                    except TrainingDiverged as exc:
+                        raise TrainingDiverged(
+                            f"{exc} at step {step} (epoch {epoch + 1}); "
+                            "try a lower learning rate (--lr) or gradient clipping") from None
+                    if grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    updating = True
+                    optimizer.step()
+                    if scheduler is not None:
+                        scheduler.step()
+                    meter["steps"] += 1
+                    global_step = step
+                    updating = False
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", pad=f"{meter['padding_fraction']:.1%}", refresh=False)
 
-                if global_step % eval_freq == 0:
-                    train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
-                    train_losses.append(train_loss)
-                    val_losses.append(val_loss)
-                    track_tokens_seen.append(tokens_seen)
-                    if not progress:
-                        log(f"Ep {epoch + 1} (Step {global_step:06d}): "
-                            f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
-                if checkpoint_path and checkpoint_every and (global_step + 1) % checkpoint_every == 0:
-                    checkpoint()
-            if global_step + 1 >= total_steps and epoch < num_epochs - 1 and max_steps is not None:
-                break
-            if print_samples:
-                generate_and_print_sample(model, tokenizer, device, start_context)
-    except KeyboardInterrupt:
-        if checkpoint_path:
-            checkpoint()
-            log(f"\nInterrupted at step {global_step}; checkpoint saved to {checkpoint_path}. "
-                "Run the same command with --resume to continue.")
-        raise
-    finally:
-        bar.close()
+                    if global_step % eval_freq == 0:
+                        train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+                        train_losses.append(train_loss)
+                        val_losses.append(val_loss)
+                        track_tokens_seen.append(tokens_seen)
+                        if not progress:
+                            log(f"Ep {epoch + 1} (Step {global_step:06d}): "
+                                f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+                    if checkpoint_path and checkpoint_every and (global_step + 1) % checkpoint_every == 0:
+                        checkpoint()
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                if global_step + 1 >= total_steps and epoch < num_epochs - 1 and max_steps is not None:
+                    break
+                if print_samples:
+                    generate_and_print_sample(model, tokenizer, device, start_context)
+        except KeyboardInterrupt:
+            if checkpoint_path and updating:
+                log(f"\nInterrupted in the middle of an update; the last checkpoint, {checkpoint_path}, "
+                    "is kept. Run the same command with --resume to continue from it.")
+            elif checkpoint_path:
+                checkpoint()
+                log(f"\nInterrupted at step {global_step}; checkpoint saved to {checkpoint_path}. "
+                    "Run the same command with --resume to continue.")
+            raise
+        finally:
+            bar.close()
     if checkpoint_path:
         checkpoint()
     if not progress and meter["processed_tokens"]:
