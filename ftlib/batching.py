@@ -12,12 +12,16 @@ batches stays random; it is reproducible per epoch in the same way.
 (the chapter's), length-grouped batches, or packed batches (ftlib/packing.py).
 It is the one place that knows collate and packing; the samplers know only
 lengths and indices.
+
+`ShardedBatchSampler` serves multi-process training (ftlib/distributed.py): each
+process takes its share of every batch of any of the above, so the batches, and
+their length grouping, are those of a single process.
 """
 
 import functools
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from ftlib.collate import custom_collate_fn
 from ftlib.errors import ConfigError
@@ -104,12 +108,60 @@ class LengthGroupedBatchSampler(Sampler):
         return -(-len(self.lengths) // self.batch_size)
 
 
+class ShardedBatchSampler(Sampler):
+    """This process's share of every batch of `batch_sampler`, for multi-process training.
+
+    Every process builds the same `batch_sampler` (same seed; `set_epoch` passes
+    the epoch on), so all of them walk through the same global batches; process
+    `rank` of `world_size` takes examples rank, rank + world_size, ... of each.
+    Together the processes train on exactly the batches of a single process, with
+    its length grouping; the order depends only on the seed and the epoch, so a
+    checkpoint resumes with any number of processes.
+
+    A stride rather than contiguous slices: a length-grouped batch is sorted by
+    length, and contiguous slices would give the last process all the longest
+    examples (the others would wait for it at every step).
+
+    The batch size must be a multiple of `world_size`, so every process gets the
+    same number of examples. Use as `DataLoader(items, batch_sampler=...)`.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+
+    def __init__(self, batch_sampler, rank, world_size):
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} of world size {world_size}: need 0 <= rank < world_size")
+        batch_size = batch_sampler.batch_size
+        if batch_size % world_size:
+            raise ConfigError(f"a batch of {batch_size} examples cannot be shared evenly by "
+                              f"{world_size} processes; choose a batch size that is a multiple "
+                              f"of {world_size}")
+        self.batch_sampler, self.rank, self.world_size = batch_sampler, rank, world_size
+
+    def set_epoch(self, epoch):
+        # a BatchSampler has no epoch of its own: its index sampler has one
+        for obj in (self.batch_sampler, getattr(self.batch_sampler, "sampler", None)):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(epoch)
+
+    def __iter__(self):
+        for batch in self.batch_sampler:
+            shard = batch[self.rank::self.world_size]
+            if not shard:  # only a short last batch (drop_last=False) can do this
+                raise ConfigError(f"a last batch of {len(batch)} examples cannot give each of "
+                                  f"{self.world_size} processes one; use drop_last")
+            yield shard
+
+    def __len__(self):
+        return len(self.batch_sampler)
+
+
 BATCHING_STRATEGIES = ("random", "length", "packed")
 
 
 def make_loader(items, batch_size, batching="random", shuffle=True, seed=123,
                 allowed_max_length=None, row_length=None, bucket_size=None,
-                drop_last=None, device="cpu"):
+                drop_last=None, device="cpu", rank=0, world_size=1):
     """A DataLoader over instruction items with one of three batching strategies.
 
     - `"random"`: the chapter's: shuffled (`EpochSampler`), each batch padded to its
@@ -124,6 +176,10 @@ def make_loader(items, batch_size, batching="random", shuffle=True, seed=123,
     "random" and "length" give the same batches and "packed" the same losses.
     `drop_last` defaults to `shuffle`, as in the chapter (train drops, val keeps).
 
+    Multi-process training: with `world_size` > 1 the loader yields process
+    `rank`'s share of each of the same batches (`ShardedBatchSampler`); the batch
+    size is the global one and must be a multiple of `world_size`.
+
     Introduced in: notebooks/04_dataloaders.ipynb
     """
     if batching not in BATCHING_STRATEGIES:
@@ -135,6 +191,14 @@ def make_loader(items, batch_size, batching="random", shuffle=True, seed=123,
     else:
         collate = functools.partial(custom_collate_fn, allowed_max_length=allowed_max_length,
                                     device=device)
+    if world_size > 1:
+        if batching == "length" and shuffle:
+            batches = LengthGroupedBatchSampler(item_lengths(items), batch_size, seed=seed,
+                                                drop_last=drop_last, bucket_size=bucket_size)
+        else:  # the batches DataLoader(batch_size=..., sampler=EpochSampler) makes
+            batches = BatchSampler(EpochSampler(len(items), seed, shuffle), batch_size, drop_last)
+        sampler = ShardedBatchSampler(batches, rank, world_size)
+        return DataLoader(items, batch_sampler=sampler, collate_fn=collate, num_workers=0)
     if batching == "length" and shuffle:
         sampler = LengthGroupedBatchSampler(item_lengths(items), batch_size, seed=seed,
                                             drop_last=drop_last, bucket_size=bucket_size)

@@ -18,6 +18,11 @@ Speed-ups that leave what the model learns unchanged, each switchable:
   (`autocast_dtype_for`, `enable_tf32`), `torch.compile` (`compile_model`, off
   by default);
 - a padding meter: how much of what the model computed on was padding.
+
+Multi-process training (DistributedDataParallel, see ftlib/distributed.py): the
+loop takes a model wrapped as `wrap_model(ModelWithLoss(model), device)`, keeps
+the token-weighted loss exact across processes, and lets only rank 0 print,
+evaluate and write checkpoints. With a plain model nothing changes.
 """
 
 import contextlib
@@ -29,9 +34,11 @@ import threading
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ftlib.collate import IGNORE_INDEX
+from ftlib.distributed import all_reduce_sum, is_distributed, is_main_process, world_size
 from ftlib.errors import FtlibError
 from ftlib.fileio import atomic_path
 from ftlib.generate import generate_and_print_sample
@@ -72,6 +79,62 @@ def calc_loss_batch(input_batch, target_batch, model, device, full_logits=False,
     keep = target_batch != IGNORE_INDEX         # (batch, num_tokens)
     logits = model.out_head(hidden[keep])       # (num_targets, vocab_size)
     return F.cross_entropy(logits, target_batch[keep], reduction=reduction)
+
+
+class ModelWithLoss(torch.nn.Module):
+    """A model and `calc_loss_batch` as one module: `forward(inputs, targets, device)`
+    returns the loss.
+
+    For DistributedDataParallel, which synchronises the gradients of what runs
+    inside its `forward()`. `calc_loss_batch` calls the model's `hidden_states` and
+    `out_head` (the output head only where there is a target), never `model(...)`,
+    so DDP wraps this module instead of the GPTModel: `wrap_model(ModelWithLoss(model),
+    device)`. `unwrap_model` gives the GPTModel back.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_batch, target_batch, device, reduction="mean",
+                position_ids=None, attn_mask=None):
+        return calc_loss_batch(input_batch, target_batch, self.model, device, reduction=reduction,
+                               position_ids=position_ids, attn_mask=attn_mask)
+
+
+def unwrap_model(model):
+    """The plain model inside a DDP wrapper and/or `ModelWithLoss`; else `model` itself.
+
+    What to evaluate, generate with and save: its state_dict has the model's own
+    keys (no "module." prefix), so a checkpoint loads with any number of processes.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
+    if isinstance(model, ModelWithLoss):
+        model = model.model
+    return model
+
+
+def _batch_loss(model, inputs, targets, extras, device, reduction):
+    """`calc_loss_batch`, through `forward()` when the model is a (DDP-wrapped) `ModelWithLoss`."""
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    if isinstance(inner, ModelWithLoss):
+        return model(inputs, targets, device, reduction=reduction, **_model_kwargs(extras))
+    if inner is not model:
+        raise FtlibError("DistributedDataParallel must wrap ModelWithLoss(model), not the model "
+                         "itself: DDP synchronises only what runs in its forward()")
+    return calc_loss_batch(inputs, targets, model, device, reduction=reduction, **_model_kwargs(extras))
+
+
+def _no_sync(model, skip):
+    """DDP's `no_sync()` when `skip` (gradients then only add up locally), else nothing."""
+    if skip and isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def split_batch(batch):
@@ -251,25 +314,41 @@ def accumulate_gradients(micro_batches, model, device, token_weighted=True, auto
     Returns the loss of the whole step (a float). Raises `TrainingDiverged` when a
     micro-batch's loss is NaN or infinite, before its backward pass.
 
+    Several processes (`model` wrapped by DDP, see ftlib/distributed.py): each holds
+    its share of every micro-batch, and DDP averages the processes' gradients. So
+    `n_targets` is summed over all processes, and each process's loss is multiplied
+    by their number, which the average divides out again: the gradient is exactly
+    that of one process holding the whole batch. Gradients are synchronised only
+    after the last micro-batch (`no_sync()` before). The returned loss, and the
+    check for NaN, use the sum over all processes, so every process stops together.
+
     Introduced in: notebooks/06_finetuning.ipynb
     """
     batches = [split_batch(batch) for batch in micro_batches]
     n_targets = sum(int((targets != IGNORE_INDEX).sum()) for _, targets, _ in batches)
+    ddp = isinstance(model, DistributedDataParallel)
+    if ddp:
+        n_targets = int(all_reduce_sum([n_targets], device)[0])  # targets on all processes
     total = 0.0
-    for inputs, targets, extras in batches:
-        with _autocast(device, autocast_dtype):
-            if token_weighted:
-                loss_sum = calc_loss_batch(inputs, targets, model, device, reduction="sum",
-                                           **_model_kwargs(extras))
-                loss = loss_sum / max(n_targets, 1)
-                value = loss_sum.item()
-            else:
-                mean = calc_loss_batch(inputs, targets, model, device, **_model_kwargs(extras))
-                loss = mean / len(batches)
-                value = loss.item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(f"the training loss became {value}")
-        loss.backward()
+    for i, (inputs, targets, extras) in enumerate(batches):
+        with _no_sync(model, skip=i < len(batches) - 1):
+            with _autocast(device, autocast_dtype):
+                if token_weighted:
+                    loss_sum = _batch_loss(model, inputs, targets, extras, device, "sum")
+                    loss = loss_sum / max(n_targets, 1)
+                    value = loss_sum.item()
+                else:
+                    mean = _batch_loss(model, inputs, targets, extras, device, "mean")
+                    loss = mean / len(batches)
+                    value = loss.item()
+                if ddp:
+                    loss = loss * world_size()  # DDP's average over processes divides it out
+                    value = all_reduce_sum([value], device)[0]
+                    if not token_weighted:
+                        value /= world_size()
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"the training loss became {value}")
+            loss.backward()
         total += value
     return total / max(n_targets, 1) if token_weighted else total
 
@@ -278,7 +357,8 @@ def rng_states():
     """Python's and PyTorch's RNG states, to put into a checkpoint."""
     states = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+        # one process per GPU (DDP): only its own, so it does not start up the others
+        states["cuda"] = [torch.cuda.get_rng_state()] if is_distributed() else torch.cuda.get_rng_state_all()
     return states
 
 
@@ -286,16 +366,21 @@ def set_rng_states(states):
     random.setstate(states["python"])
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        if is_distributed():
+            torch.cuda.set_rng_state(states["cuda"][0])  # this process's GPU only
+        else:
+            torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def save_checkpoint(path, model, optimizer, step, scheduler=None, extra=None):
     """Write model, optimizer, scheduler, step and RNG states atomically.
 
+    A DDP-wrapped model is saved unwrapped (`unwrap_model`), with its plain keys.
+
     Introduced in: notebooks/06_finetuning.ipynb
     """
     state = {
-        "model": model.state_dict(),
+        "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "step": step,
@@ -367,7 +452,7 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                        scheduler=None, max_steps=None, grad_clip=None, progress=True,
                        print_samples=True, checkpoint_path=None, checkpoint_every=None,
                        resume_state=None, log=print, accumulation_steps=1,
-                       autocast_dtype=None, stats=None):
+                       autocast_dtype=None, stats=None, eval_train_loader=None):
     """The chapter's training loop. Returns (train_losses, val_losses, tokens_seen).
 
     Every `eval_freq` steps the loss on `eval_iter` batches of each loader is
@@ -387,10 +472,25 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
     `stats` to get the counts (`processed_tokens`, `padding_tokens`,
     `padding_fraction`, `target_tokens`, `steps`).
 
+    Several processes (`model` = `wrap_model(ModelWithLoss(model), device)`, each
+    `train_loader` yielding this process's share of the batches): every process
+    trains; only rank 0 shows progress, calls `log`, evaluates (on the unwrapped
+    model, with `eval_train_loader`, the unsharded training loader, so it measures
+    what a single process would) and writes checkpoints. The padding meter and
+    `tokens_seen` count all processes. The returned lists are empty elsewhere.
+
     Introduced in: notebooks/06_finetuning.ipynb
     """
     if accumulation_steps < 1:
         raise FtlibError(f"accumulation_steps must be at least 1, got {accumulation_steps}")
+    ddp = isinstance(model, DistributedDataParallel)
+    main = is_main_process()  # True in a single process
+    if not main:
+        def log(*args, **kwargs):
+            pass
+    plain_model = unwrap_model(model)
+    if eval_train_loader is None:
+        eval_train_loader = train_loader
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, -1
     if resume_state is not None:
@@ -409,11 +509,13 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                  target_tokens=0, steps=0)
 
     def checkpoint():
-        save_checkpoint(checkpoint_path, model, optimizer, global_step, scheduler, extra={
+        if not main:
+            return  # rank 0 writes the one checkpoint; the replicas are equal
+        save_checkpoint(checkpoint_path, plain_model, optimizer, global_step, scheduler, extra={
             "tokens_seen": tokens_seen, "train_losses": train_losses, "val_losses": val_losses,
             "track_tokens_seen": track_tokens_seen})
 
-    bar = tqdm(total=total_steps, initial=global_step + 1, disable=not progress,
+    bar = tqdm(total=total_steps, initial=global_step + 1, disable=not (progress and main),
                desc="training", unit="step", dynamic_ncols=True)
     model.train()
     updating = False  # True between optimizer.step() and recording the step
@@ -421,6 +523,8 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
         try:
             for epoch in range(num_epochs):
                 _set_epoch(train_loader, epoch)
+                if eval_train_loader is not train_loader:
+                    _set_epoch(eval_train_loader, epoch)
                 batches = iter(train_loader)
                 for step_in_epoch in range(steps_per_epoch):
                     step = epoch * steps_per_epoch + step_in_epoch
@@ -429,12 +533,18 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                         continue  # resuming: these batches were trained on before the stop
                     if step >= total_steps:
                         break
-                    for batch in micro_batches:  # the padding meter, from the batches alone
+                    counts = [0, 0, 0]  # the padding meter, from the batches alone
+                    for batch in micro_batches:
                         input_batch, target_batch, _ = split_batch(batch)
-                        tokens_seen += input_batch.numel()
-                        meter["processed_tokens"] += input_batch.numel()
-                        meter["padding_tokens"] += padding_tokens(target_batch)
-                        meter["target_tokens"] += int((target_batch != IGNORE_INDEX).sum())
+                        counts[0] += input_batch.numel()
+                        counts[1] += padding_tokens(target_batch)
+                        counts[2] += int((target_batch != IGNORE_INDEX).sum())
+                    if ddp:  # every process's share of the step
+                        counts = [int(c) for c in all_reduce_sum(counts, device)]
+                    tokens_seen += counts[0]
+                    meter["processed_tokens"] += counts[0]
+                    meter["padding_tokens"] += counts[1]
+                    meter["target_tokens"] += counts[2]
                     meter["padding_fraction"] = meter["padding_tokens"] / max(1, meter["processed_tokens"])
                     optimizer.zero_grad(set_to_none=True)
                     try:
@@ -456,8 +566,9 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", pad=f"{meter['padding_fraction']:.1%}", refresh=False)
 
-                    if global_step % eval_freq == 0:
-                        train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+                    if main and global_step % eval_freq == 0:
+                        train_loss, val_loss = evaluate_model(plain_model, eval_train_loader, val_loader,
+                                                              device, eval_iter)
                         train_losses.append(train_loss)
                         val_losses.append(val_loss)
                         track_tokens_seen.append(tokens_seen)
@@ -466,12 +577,15 @@ def train_model_simple(model, train_loader, val_loader, optimizer, device, num_e
                                 f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
                     if checkpoint_path and checkpoint_every and (global_step + 1) % checkpoint_every == 0:
                         checkpoint()
-                    if stop.requested:
+                    stop_now = stop.requested
+                    if ddp:  # Ctrl-C reached some processes: all stop after the same step
+                        stop_now = all_reduce_sum([stop_now], device)[0] > 0
+                    if stop_now:
                         raise KeyboardInterrupt
                 if global_step + 1 >= total_steps and epoch < num_epochs - 1 and max_steps is not None:
                     break
-                if print_samples:
-                    generate_and_print_sample(model, tokenizer, device, start_context)
+                if print_samples and main:
+                    generate_and_print_sample(plain_model, tokenizer, device, start_context)
         except KeyboardInterrupt:
             if checkpoint_path and updating:
                 log(f"\nInterrupted in the middle of an update; the last checkpoint, {checkpoint_path}, "

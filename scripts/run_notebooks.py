@@ -5,7 +5,9 @@
 
 Run this after changing ftlib or a notebook, then commit the notebooks: CI
 re-executes them with nbval and compares the outputs. Volatile metadata (cell
-timings) is not recorded, so diffs show only real changes.
+timings) is not recorded, so diffs show only real changes. Cells tagged
+`nbval-skip` (they need a network or a server, as CI does not have) are not run
+here either: their outputs are cleared, as nbval would skip them.
 """
 
 import sys
@@ -18,13 +20,22 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_notebook(path, timeout=600):
+def _skipped(cell):
+    return cell.cell_type == "code" and "nbval-skip" in cell.metadata.get("tags", [])
+
+
+def run_notebook(path, timeout=900):
     nb = nbformat.read(path, as_version=4)
+    cells = nb.cells
+    nb.cells = [cell for cell in cells if not _skipped(cell)]  # run the others, in order
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                             resources={"metadata": {"path": str(Path(path).parent)}})
     client.execute()
-    for cell in nb.cells:
+    for cell in cells:
         cell.metadata.pop("execution", None)
+        if _skipped(cell):
+            cell.outputs, cell.execution_count = [], None
+    nb.cells = cells
     nbformat.write(nb, path)
 
 

@@ -107,11 +107,11 @@ def _cli(*args, **popen):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resuming_reaches_the_same_weights(small_data, tmp_path):
-    # 12 steps per epoch x 8 epochs; the losses are logged every 4 steps.
+    # 12 steps per epoch x 4 epochs; the losses are logged every 2 steps.
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
 
     def with_out(out):
-        return quick_args(small_data, out, "--epochs", "8")
+        return quick_args(small_data, out, "--epochs", "4")
 
     proc = _cli(*with_out(straight))
     assert proc.wait(timeout=300) == 0, proc.stdout.read()
@@ -120,7 +120,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resuming_reaches_the_same_weights(small_d
     lines = []
     for line in proc.stdout:  # wait until training runs, then press Ctrl-C
         lines.append(line)
-        if line.startswith("Ep 1 (Step 000004)"):
+        if line.startswith("Ep 1 (Step 000002)"):
             proc.send_signal(signal.SIGINT)
             break
     rest = proc.stdout.read()
@@ -128,7 +128,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resuming_reaches_the_same_weights(small_d
     assert "checkpoint saved to" in rest and "--resume" in rest, rest
     assert not (stopped / "model.pth").exists()
     step = torch.load(stopped / "checkpoint.pt", weights_only=False)["step"]
-    assert 4 <= step < 8 * 12 - 1  # stopped after a finished step, well before the end
+    assert 2 <= step < 4 * 12 - 1  # stopped after a finished step, well before the end
 
     proc = _cli(*with_out(stopped), "--resume")
     output = proc.stdout.read()
@@ -139,3 +139,21 @@ def test_ctrl_c_saves_a_checkpoint_and_resuming_reaches_the_same_weights(small_d
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_finetune_from_python_takes_the_options_as_keywords(small_data, tmp_path):
+    from ftlib.cli import finetune
+    from ftlib.errors import ConfigError
+
+    lines = []
+    metrics = finetune(data=small_data, out=tmp_path / "run", batch_size=4, max_steps=2,
+                       max_new_tokens=2, no_progress=True, prompt_style="phi3",
+                       mask_prompt=False, max_train_entries=20, log=lines.append)
+    assert metrics["n_train"] == 20 and metrics["steps"] == 2
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["prompt_style"] == "phi3" and config["mask_prompt"] is False
+    assert any("Held-out exact match" in line for line in lines)
+    with pytest.raises(ConfigError, match="no option 'epoch'"):
+        finetune(epoch=3)
+    with pytest.raises(ConfigError, match="epochs"):
+        finetune(epochs="many")
