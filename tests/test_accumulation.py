@@ -1,7 +1,5 @@
 """Gradient accumulation weighted per token, and the training step's speed switches."""
 
-import random
-
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -14,15 +12,10 @@ from ftlib.toy_checkpoint import TOY_CONFIG
 from ftlib.train import (TrainingDiverged, accumulate_gradients, autocast_dtype_for,
                          calc_loss_batch, compile_model, enable_tf32, make_optimizer,
                          padding_tokens, train_model_simple)
+from helpers import varied_items
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine, two threads of tiny work can be 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # A small vocabulary keeps these float64 tests fast; its last id plays end-of-text.
@@ -38,18 +31,6 @@ def pack(batch, row_length):
     return pack_collate_fn(batch, row_length, pad_token_id=EOT)
 
 
-def toy_items(n=8, seed=0):
-    """(token_ids, prompt_length) items of different lengths, so micro-batches differ
-    in how many targets they hold."""
-    rng = random.Random(seed)
-    items = []
-    for _ in range(n):
-        prompt = [rng.randrange(100, 200) for _ in range(rng.randint(3, 12))]
-        response = [rng.randrange(300, 400) for _ in range(rng.randint(1, 9))]
-        items.append((prompt + response, len(prompt)))
-    return items
-
-
 def new_model(seed=123, dtype=torch.float64):
     torch.manual_seed(seed)
     return GPTModel(SMALL_CONFIG).to(dtype)
@@ -62,7 +43,7 @@ def grads_after(model, micro_batches, **kwargs):
 
 
 def test_batch_8_equals_8_micro_batches_of_1():
-    items = toy_items(8)
+    items = varied_items(8)
     model = new_model()
     big_loss, big = grads_after(model, [collate(items)])
     small_loss, small = grads_after(model, [collate([item]) for item in items])
@@ -78,7 +59,7 @@ def test_batch_8_equals_8_micro_batches_of_1():
 
 
 def test_a_micro_batch_without_targets_adds_nothing_and_no_nan():
-    items = toy_items(4)
+    items = varied_items(4)
     ids, _ = items[0]
     no_targets = collate([(ids, len(ids) + 1)])  # the whole item is "prompt"
     assert (no_targets[1] == -100).all()
@@ -94,7 +75,7 @@ def test_a_micro_batch_without_targets_adds_nothing_and_no_nan():
 
 
 def test_the_mean_of_micro_batch_means_is_off():
-    items = toy_items(8)
+    items = varied_items(8)
     model = new_model()
     right_loss, right = grads_after(model, [collate(items)])
     micro = [collate([item]) for item in items]
@@ -129,7 +110,7 @@ def _train(batch_size, accumulation_steps, items, epochs=2):
 
 
 def test_training_with_accumulation_reaches_the_same_weights():
-    items = toy_items(16, seed=4)
+    items = varied_items(16, seed=4)
     big, big_stats = _train(8, 1, items)
     small, small_stats = _train(2, 4, items)
     assert big_stats["steps"] == small_stats["steps"] == 4
@@ -155,7 +136,7 @@ def test_make_optimizer_is_fused_when_possible_and_updates_like_adamw():
     reference_model = new_model()
     plain = make_optimizer(reference_model, lr=1e-3, weight_decay=0.1, fused=False)
     assert not plain.defaults["fused"]
-    batch = collate(toy_items(4))
+    batch = collate(varied_items(4))
     for m, opt in ((model, fused), (reference_model, plain)):
         for _ in range(3):
             opt.zero_grad()
@@ -191,7 +172,7 @@ def test_bf16_and_tf32_are_for_cuda_only():
 
 def test_compile_model_keeps_the_loss():
     model = new_model(dtype=torch.float32)
-    batch = collate(toy_items(4))
+    batch = collate(varied_items(4))
     before = calc_loss_batch(*batch, model, "cpu").item()
     compile_model(model, backend="eager")  # the eager backend: no C++ build in a unit test
     assert calc_loss_batch(*batch, model, "cpu").item() == pytest.approx(before, abs=1e-6)

@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -12,25 +11,9 @@ import pytest
 import torch
 
 from ftlib.cli import main
-from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data
+from helpers import RUN_FILES, quick_args
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FILES = {"config.json", "loss-plot.png", "test-responses.json", "metrics.json",
-             "model.pth", "checkpoint.pt"}
-
-
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    """60 entries of the bundled data: 51 train, 3 validation, 6 test (the chapter's split)."""
-    entries = random.Random(0).sample(load_instruction_data(BUNDLED_DATA_PATH), 60)
-    path = tmp_path_factory.mktemp("data") / "small.json"
-    path.write_text(json.dumps(entries), encoding="utf-8")
-    return path
-
-
-def quick_args(data, out, *extra):
-    return ["finetune", "--data", str(data), "--out", str(out), "--batch-size", "4",
-            "--max-new-tokens", "3", "--no-progress", *extra]
 
 
 def test_finetune_writes_a_complete_run_folder(small_data, tmp_path, capsys):

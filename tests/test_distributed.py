@@ -8,7 +8,6 @@ the training test this file is itself the script each process runs (see
 import itertools
 import json
 import os
-import random
 import re
 import shutil
 import subprocess
@@ -22,30 +21,17 @@ from torch.utils.data import BatchSampler
 from ftlib.batching import (EpochSampler, LengthGroupedBatchSampler, ShardedBatchSampler,
                             item_lengths, make_loader)
 from ftlib.cli import main
-from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data
 from ftlib.distributed import launched_by_torchrun
 from ftlib.errors import ConfigError
 from ftlib.model import GPTModel
 from ftlib.toy_checkpoint import TOY_CONFIG
 from ftlib.train import train_model_simple, warmup_cosine_schedule
+from helpers import RUN_FILES, quick_args, varied_items
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FILES = {"config.json", "loss-plot.png", "test-responses.json", "metrics.json",
-             "model.pth", "checkpoint.pt"}
 STRATEGIES = ("random", "length", "packed")
 # GPT-2's vocabulary (the collate functions pad with its end-of-text id), little else
 SMALL_CONFIG = {**TOY_CONFIG, "emb_dim": 16, "n_layers": 1}
-
-
-def toy_items(n, seed=0):
-    """(token_ids, prompt_length) items of different lengths."""
-    rng = random.Random(seed)
-    items = []
-    for _ in range(n):
-        prompt = [rng.randrange(100, 200) for _ in range(rng.randint(3, 12))]
-        response = [rng.randrange(300, 400) for _ in range(rng.randint(1, 9))]
-        items.append((prompt + response, len(prompt)))
-    return items
 
 
 # ---------------------------------------------------------------- the sampler
@@ -53,7 +39,7 @@ def toy_items(n, seed=0):
 
 @pytest.mark.parametrize("make_global", [
     lambda n: BatchSampler(EpochSampler(n, seed=5), 8, drop_last=True),
-    lambda n: LengthGroupedBatchSampler(item_lengths(toy_items(n)), 8, seed=5, bucket_size=24),
+    lambda n: LengthGroupedBatchSampler(item_lengths(varied_items(n)), 8, seed=5, bucket_size=24),
 ], ids=["random", "length"])
 def test_the_shards_of_each_step_make_up_the_single_process_batch(make_global):
     n = 70
@@ -78,7 +64,7 @@ def _targets(batch):
 
 
 def test_make_loader_shards_every_strategy_and_checks_the_batch_size():
-    items = toy_items(40)
+    items = varied_items(40)
     for batching in STRATEGIES:
         whole = make_loader(items, 8, batching=batching, seed=3)
         halves = [make_loader(items, 8, batching=batching, seed=3, rank=r, world_size=2)
@@ -102,11 +88,11 @@ def _run(batching, checkpoint_path=None):
 
     torch.manual_seed(123)
     model = GPTModel(SMALL_CONFIG).double()
-    items = toy_items(40)
+    items = varied_items(40)
     kwargs = dict(batching=batching, seed=7, row_length=32)
     loader = make_loader(items, 8, rank=rank(), world_size=world_size(), **kwargs)
     whole = make_loader(items, 8, **kwargs) if is_distributed() else None
-    val_loader = make_loader(toy_items(8, seed=1), 4, shuffle=False)
+    val_loader = make_loader(varied_items(8, seed=1), 4, shuffle=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     scheduler = warmup_cosine_schedule(optimizer, total_steps=4)
     train_model = wrap_model(ModelWithLoss(model), "cpu") if is_distributed() else model
@@ -125,7 +111,7 @@ def _first_step(batching):
 
     torch.manual_seed(123)
     model = GPTModel(SMALL_CONFIG).double()
-    loader = make_loader(toy_items(40), 8, batching=batching, seed=7, row_length=32,
+    loader = make_loader(varied_items(40), 8, batching=batching, seed=7, row_length=32,
                          rank=rank(), world_size=world_size())
     micro_batches = list(itertools.islice(loader, 2))
     train_model = wrap_model(ModelWithLoss(model), "cpu") if is_distributed() else model
@@ -140,12 +126,7 @@ def _torchrun(*args, timeout=180):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def test_two_processes_train_exactly_like_one(tmp_path):
@@ -182,20 +163,6 @@ def test_two_processes_train_exactly_like_one(tmp_path):
 # ---------------------------------------------------------------- the CLI
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    """60 entries of the bundled data: 51 train, 3 validation, 6 test."""
-    entries = random.Random(0).sample(load_instruction_data(BUNDLED_DATA_PATH), 60)
-    path = tmp_path_factory.mktemp("data") / "small.json"
-    path.write_text(json.dumps(entries), encoding="utf-8")
-    return path
-
-
-def quick_args(data, out, *extra):
-    return ["finetune", "--data", str(data), "--out", str(out), "--batch-size", "4",
-            "--max-new-tokens", "2", "--no-progress", *extra]
-
-
 def _logged_losses(output):
     """[(step, [train loss, val loss]), ...] from the "Ep 1 (Step 000001): ..." lines."""
     found = re.findall(r"^Ep \d+ \(Step (\d+)\): Train loss ([\d.]+), Val loss ([\d.]+)$",
@@ -206,7 +173,7 @@ def _logged_losses(output):
 def test_cli_under_torchrun_writes_one_run_folder_that_resumes_in_one_process(
         small_data, tmp_path, capsys):
     two, one, resumed = tmp_path / "two", tmp_path / "one", tmp_path / "resumed"
-    proc = _torchrun("-m", "ftlib", *quick_args(small_data, two, "--max-steps", "2"))
+    proc = _torchrun("-m", "ftlib", *quick_args(small_data, two, "--max-steps", "2", max_new_tokens=2))
     assert proc.returncode == 0, proc.stdout
     output = proc.stdout
     assert {p.name for p in two.iterdir()} == RUN_FILES  # and no leftover temporary files
@@ -219,7 +186,7 @@ def test_cli_under_torchrun_writes_one_run_folder_that_resumes_in_one_process(
 
     # One process on the same batches: the same logged losses and (up to float32
     # rounding, which Adam's first steps magnify in a few weights) the same model.
-    assert main(quick_args(small_data, one, "--max-steps", "2")) == 0
+    assert main(quick_args(small_data, one, "--max-steps", "2", max_new_tokens=2)) == 0
     single_output = capsys.readouterr().out
     logged, single_logged = _logged_losses(output), _logged_losses(single_output)
     assert len(logged) == 2 and [step for step, _ in logged] == [step for step, _ in single_logged]
@@ -232,14 +199,14 @@ def test_cli_under_torchrun_writes_one_run_folder_that_resumes_in_one_process(
 
     # The 2-process checkpoint resumes in 1 process.
     shutil.copytree(two, resumed)
-    assert main(quick_args(small_data, resumed, "--max-steps", "4", "--resume")) == 0
+    assert main(quick_args(small_data, resumed, "--max-steps", "4", "--resume", max_new_tokens=2)) == 0
     assert "Resuming after step 1" in capsys.readouterr().out
     assert torch.load(resumed / "checkpoint.pt", weights_only=False)["step"] == 3
 
 
 def test_an_uneven_batch_size_under_torchrun_is_one_clear_error(small_data, tmp_path):
     out = tmp_path / "run"
-    proc = _torchrun("-m", "ftlib", *quick_args(small_data, out, "--batch-size", "5"))
+    proc = _torchrun("-m", "ftlib", *quick_args(small_data, out, "--batch-size", "5", max_new_tokens=2))
     assert proc.returncode != 0
     errors = [line for line in proc.stdout.splitlines() if "error:" in line]
     assert errors == ["error: batch size 5 cannot be shared evenly by 2 processes; "
@@ -267,7 +234,7 @@ def _worker(out):
                 torch.save(unwrap_model(model).state_dict(), out / f"{batching}-final-rank{rank()}.pt")
         # DDP around the bare model would not synchronise: a clear error instead
         bare = wrap_model(GPTModel(SMALL_CONFIG), "cpu")
-        loader = make_loader(toy_items(8), 8, rank=rank(), world_size=2)
+        loader = make_loader(varied_items(8), 8, rank=rank(), world_size=2)
         try:
             accumulate_gradients([next(iter(loader))], bare, "cpu")
             clear_error = False

@@ -82,25 +82,25 @@ def test_smaller_context_size_than_the_model_is_respected(model):
     assert torch.equal(generate(model, idx, 10, context_size=6), expected)
 
 
-def test_cache_feeds_one_token_per_step_inside_the_context(model):
+def tokens_fed_per_step(model, prompt_length, new_tokens):
+    """How many token positions each forward pass of `generate` feeds the model."""
     seen = []
     handle = model.tok_emb.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
     try:
-        generate(model, prompt(4), 6, CFG["context_length"])
+        generate(model, prompt(prompt_length), new_tokens, CFG["context_length"])
     finally:
         handle.remove()
-    assert seen == [4, 1, 1, 1, 1, 1]  # prefill the prompt, then one token per step
+    return seen
+
+
+def test_cache_feeds_one_token_per_step_inside_the_context(model):
+    # prefill the prompt, then one token per step
+    assert tokens_fed_per_step(model, 4, 6) == [4, 1, 1, 1, 1, 1]
 
 
 def test_past_the_context_each_step_reruns_the_window(model):
-    seen = []
-    handle = model.tok_emb.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
-    try:
-        generate(model, prompt(10), 5, CFG["context_length"])
-    finally:
-        handle.remove()
     # prompt 10; tokens 11 and 12 fit in the cache; from the 13th the window slides
-    assert seen == [10, 1, 1, 12, 12]
+    assert tokens_fed_per_step(model, 10, 5) == [10, 1, 1, 12, 12]
 
 
 def test_zero_new_tokens_returns_the_prompt(model):

@@ -1,6 +1,5 @@
 """Packing: the same examples, the same targets and the same losses, without the padding."""
 
-import random
 
 import pytest
 import torch
@@ -12,29 +11,13 @@ from ftlib.model import GPTModel
 from ftlib.packing import block_causal_mask, pack_collate_fn, pack_rows
 from ftlib.toy_checkpoint import TOY_CONFIG
 from ftlib.train import calc_loss_batch, calc_loss_loader, split_batch
+from helpers import toy_items
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a shared 2-core machine, two threads of tiny work can be 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # The seed's example batch.
 BATCH = [[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]]
-
-
-def toy_items(n=10, seed=0):
-    """(token_ids, prompt_length) items: prompts of 4-9 ids, responses of 2-5."""
-    rng = random.Random(seed)
-    items = []
-    for _ in range(n):
-        prompt = [rng.randrange(100, 200) for _ in range(rng.randint(4, 9))]
-        response = [rng.randrange(300, 400) for _ in range(rng.randint(2, 5))]
-        items.append((prompt + response, len(prompt)))
-    return items
 
 
 def new_model(seed=123):

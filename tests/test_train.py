@@ -1,6 +1,5 @@
 """The training step: same loss as the chapter's, divergence caught, checkpoints that resume."""
 
-import random
 
 import pytest
 import torch
@@ -14,17 +13,7 @@ from ftlib.train import (TrainingDiverged, calc_loss_batch, calc_loss_loader, lo
                          plot_losses, save_checkpoint, train_model_simple,
                          warmup_cosine_schedule)
 from ftlib.errors import FtlibError
-
-
-def toy_items(n=24, seed=0):
-    """Synthetic (token_ids, prompt_length) items: prompts of 4-9 ids, responses of 2-5."""
-    rng = random.Random(seed)
-    items = []
-    for _ in range(n):
-        prompt = [rng.randrange(100, 200) for _ in range(rng.randint(4, 9))]
-        response = [rng.randrange(300, 400) for _ in range(rng.randint(2, 5))]
-        items.append((prompt + response, len(prompt)))
-    return items
+from helpers import toy_items
 
 
 def toy_loader(items, batch_size=4, seed=123):
@@ -60,7 +49,7 @@ def test_calc_loss_loader_averages_batches():
 
 
 def _train(model, steps=None, epochs=3, checkpoint_path=None, resume_state=None, progress=False):
-    loader = toy_loader(toy_items())
+    loader = toy_loader(toy_items(24))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     scheduler = warmup_cosine_schedule(optimizer, total_steps=len(loader) * epochs)
     if resume_state is not None:

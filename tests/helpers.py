@@ -1,0 +1,31 @@
+"""Small things several test modules share (plain functions; fixtures live in conftest.py)."""
+
+import random
+
+# What a finished run of `python -m ftlib finetune` leaves in its folder.
+RUN_FILES = {"config.json", "loss-plot.png", "test-responses.json", "metrics.json",
+             "model.pth", "checkpoint.pt"}
+
+
+def toy_items(n, seed=0, prompt_lengths=(4, 9), response_lengths=(2, 5)):
+    """`n` synthetic (token_ids, prompt_length) items: prompts of ids 100-199 and
+    responses of ids 300-399, their lengths drawn from the inclusive ranges given."""
+    rng = random.Random(seed)
+    items = []
+    for _ in range(n):
+        prompt = [rng.randrange(100, 200) for _ in range(rng.randint(*prompt_lengths))]
+        response = [rng.randrange(300, 400) for _ in range(rng.randint(*response_lengths))]
+        items.append((prompt + response, len(prompt)))
+    return items
+
+
+def quick_args(data, out, *extra, max_new_tokens=3):
+    """`finetune` arguments for a short run on a small data file."""
+    return ["finetune", "--data", str(data), "--out", str(out), "--batch-size", "4",
+            "--max-new-tokens", str(max_new_tokens), "--no-progress", *extra]
+
+
+def varied_items(n, seed=0):
+    """Like `toy_items`, with lengths that vary more (prompts 3-12, responses 1-9), so
+    batches and micro-batches differ in how many targets they hold."""
+    return toy_items(n, seed, prompt_lengths=(3, 12), response_lengths=(1, 9))
