@@ -191,17 +191,14 @@ def make_loader(items, batch_size, batching="random", shuffle=True, seed=123,
     else:
         collate = functools.partial(custom_collate_fn, allowed_max_length=allowed_max_length,
                                     device=device)
-    if world_size > 1:
-        if batching == "length" and shuffle:
-            batches = LengthGroupedBatchSampler(item_lengths(items), batch_size, seed=seed,
-                                                drop_last=drop_last, bucket_size=bucket_size)
-        else:  # the batches DataLoader(batch_size=..., sampler=EpochSampler) makes
-            batches = BatchSampler(EpochSampler(len(items), seed, shuffle), batch_size, drop_last)
-        sampler = ShardedBatchSampler(batches, rank, world_size)
-        return DataLoader(items, batch_sampler=sampler, collate_fn=collate, num_workers=0)
     if batching == "length" and shuffle:
-        sampler = LengthGroupedBatchSampler(item_lengths(items), batch_size, seed=seed,
+        batches = LengthGroupedBatchSampler(item_lengths(items), batch_size, seed=seed,
                                             drop_last=drop_last, bucket_size=bucket_size)
-        return DataLoader(items, batch_sampler=sampler, collate_fn=collate, num_workers=0)
-    return DataLoader(items, batch_size=batch_size, sampler=EpochSampler(len(items), seed, shuffle),
-                      collate_fn=collate, drop_last=drop_last, num_workers=0)
+    elif world_size > 1:  # the batches DataLoader(batch_size=..., sampler=EpochSampler) makes
+        batches = BatchSampler(EpochSampler(len(items), seed, shuffle), batch_size, drop_last)
+    else:  # the chapter's loader
+        return DataLoader(items, batch_size=batch_size, sampler=EpochSampler(len(items), seed, shuffle),
+                          collate_fn=collate, drop_last=drop_last, num_workers=0)
+    if world_size > 1:
+        batches = ShardedBatchSampler(batches, rank, world_size)
+    return DataLoader(items, batch_sampler=batches, collate_fn=collate, num_workers=0)
