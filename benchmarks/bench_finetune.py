@@ -10,7 +10,7 @@ learning rate and AdamW settings, in the same run:
 
 - baseline: the chapter's loop (benchmarks/common.py): batches padded per batch,
   logits at every position, `torch.optim.AdamW` with its default implementation;
-- ftlib: `train_model_simple` on `make_loader(batching="packed")`: the same
+- ftlib: `train_model` on the pipeline's packed loader (`item_loaders`): the same
   batches packed into rows (no padding), logits only where a target is,
   fused AdamW (`make_optimizer`).
 
@@ -34,12 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (Clock, chapter_loader, chapter_optimizer, chapter_train,  # noqa: E402
-                    count_targets, evaluation_hook, format_table, load_items, machine_line,
-                    median, token_loss)
+                    count_targets, format_table, ftlib_loader, load_items, machine_line,
+                    median, run_train_model, token_loss)
 
-from ftlib.batching import make_loader  # noqa: E402
 from ftlib.model import GPTModel, get_config  # noqa: E402
-from ftlib.train import make_optimizer, train_model_simple  # noqa: E402
+from ftlib.trainer import make_optimizer  # noqa: E402
 
 # Per model: the settings both loops share, and the benchmark's sizes.
 # - tiny: `make finetune`'s batch size and learning rate (random init learns at 1e-3);
@@ -62,29 +61,15 @@ def new_model(cfg, seed=123):
 def loaders(train_items, plan, cfg, device, seed=123):
     allowed = cfg["context_length"]
     base = chapter_loader(train_items, plan["batch_size"], device, allowed_max_length=allowed, seed=seed)
-    fast = make_loader(train_items, plan["batch_size"], batching="packed", seed=seed,
-                       allowed_max_length=allowed, device=device)
+    fast = ftlib_loader(train_items, plan["batch_size"], device, allowed, seed=seed)
     return base, fast
 
 
 def run_ftlib(model, loader, optimizer, device, clock, steps, epochs=1, eval_every=None, on_eval=None):
-    """ftlib's loop for `steps` steps (or `epochs`); returns its stats dict."""
-    stats = {}
-
-    def hook(m):
-        with clock.paused():
-            if on_eval is not None:
-                on_eval()
-        return float("nan"), float("nan")
-
-    with evaluation_hook(hook):
-        clock.start()
-        train_model_simple(model, loader, loader, optimizer, device, num_epochs=epochs,
-                           eval_freq=eval_every or 10 ** 9, eval_iter=1, start_context="",
-                           tokenizer=None, max_steps=steps, progress=False, print_samples=False,
-                           log=lambda *a: None, stats=stats)
-        clock.stop()
-    return stats
+    """ftlib's loop for `steps` steps (or `epochs`); returns the counts."""
+    history = run_train_model(model, loader, optimizer, device, clock, steps, epochs, eval_every, on_eval)
+    return {"target_tokens": history.target_tokens, "processed_tokens": history.processed_tokens,
+            "steps": history.steps}
 
 
 def run_baseline(model, loader, optimizer, device, clock, steps, epochs=1, eval_every=None, on_eval=None):

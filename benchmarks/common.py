@@ -1,14 +1,15 @@
 """What the benchmarks share: the chapter's baseline loop, the data, a clock, tables.
 
 The baseline is the chapter's training step as the book writes it, kept here and
-not in ftlib: random batches padded per batch by `custom_collate_fn`, logits at
-every position (`calc_loss_batch(..., full_logits=True)`, the loss skipping -100),
+not in ftlib: random batches padded per batch by `custom_collate_fn` (plus the prompt mask), logits at
+every position (the book's `calc_loss_batch`, the loss skipping -100),
 and `torch.optim.AdamW(model.parameters(), lr, weight_decay=0.1)` with its
 default implementation. Its batches come from `EpochSampler` (shuffled exactly
 like `DataLoader(shuffle=True)`, and reshuffled each epoch), from the same seed
 as ftlib's loader, so both loops see the same examples in the same order.
 
-ftlib's side is ftlib's own loop, `train_model_simple`, fed by `make_loader`.
+ftlib's side is `train_model` (ftlib/trainer.py), the loop `make finetune` uses, fed by
+the pipeline's `item_loaders` (ftlib/pipeline.py): `run_train_model` below.
 """
 
 import contextlib
@@ -24,11 +25,13 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout, installed or not
 
-import ftlib.train as ftlib_train  # noqa: E402
+import ftlib.trainer as ftlib_trainer  # noqa: E402
 from ftlib.batching import EpochSampler  # noqa: E402
-from ftlib.collate import IGNORE_INDEX, custom_collate_fn  # noqa: E402
+from ftlib.collate import IGNORE_INDEX, instruction_collate_fn  # noqa: E402
 from ftlib.packing import pack_collate_fn  # noqa: E402
+from ftlib.pipeline import RunConfig, item_loaders  # noqa: E402
 from ftlib.train import calc_loss_batch  # noqa: E402
+from ftlib.trainer import batch_loss, train_model  # noqa: E402
 
 # Token ids of the bundled data, for machines without the tokenizer's files (the
 # GPU check runs where only torch and tiktoken are installed). Written by
@@ -116,7 +119,8 @@ def chapter_loader(items, batch_size, device, allowed_max_length=None, seed=123)
 
     from torch.utils.data import DataLoader
 
-    collate = partial(custom_collate_fn, device=device, allowed_max_length=allowed_max_length)
+    # the book's custom_collate_fn, plus the prompt mask when items carry prompt lengths
+    collate = partial(instruction_collate_fn, device=device, allowed_max_length=allowed_max_length)
     return DataLoader(items, batch_size=batch_size, sampler=EpochSampler(len(items), seed),
                       collate_fn=collate, drop_last=True, num_workers=0)
 
@@ -139,7 +143,7 @@ def chapter_train(model, loader, optimizer, device, num_epochs=1, max_steps=None
         model.train()
         for input_batch, target_batch in loader:
             optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device, full_logits=True)
+            loss = calc_loss_batch(input_batch, target_batch, model, device)  # the book's
             loss.backward()
             optimizer.step()
             step += 1
@@ -162,11 +166,9 @@ def token_loss(model, items, device, batch_size=16, row_length=None):
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(items), batch_size):
-        x, y, extras = pack_collate_fn(items[start:start + batch_size], row_length=row_length,
-                                       device=device)
-        total += calc_loss_batch(x, y, model, device, reduction="sum",
-                                 position_ids=extras["position_ids"], attn_mask=extras["attn_mask"]).item()
-        count += count_targets(y)
+        batch = pack_collate_fn(items[start:start + batch_size], row_length=row_length, device=device)
+        total += batch_loss(model, batch, device, reduction="sum").item()
+        count += count_targets(batch[1])
     model.train(was_training)
     return total / max(count, 1)
 
@@ -200,17 +202,43 @@ class Clock:
             self.start()
 
 
+def ftlib_loader(train_items, batch_size, device, allowed_max_length, seed=123):
+    """ftlib's training loader, as `make finetune` builds it: the pipeline's
+    `item_loaders` with packed batches."""
+    config = RunConfig(batch_size=batch_size, batching="packed", seed=seed,
+                       allowed_max_length=allowed_max_length)
+    return item_loaders(config, train_items, train_items[:batch_size], device)[0]
+
+
 @contextlib.contextmanager
 def evaluation_hook(fn):
-    """Make ftlib's `train_model_simple` call `fn(model)` (returning (train, val)
-    losses) at its evaluation points instead of `evaluate_model`, so a benchmark
-    can pause its clock there and measure its own way."""
-    original = ftlib_train.evaluate_model
-    ftlib_train.evaluate_model = lambda model, train_loader, val_loader, device, eval_iter: fn(model)
+    """Make `train_model` call `fn(model)` at its evaluation points instead of
+    measuring its own losses, so a benchmark can pause its clock there and
+    measure its own way."""
+    original = ftlib_trainer._evaluate
+    ftlib_trainer._evaluate = lambda model, *args, **kwargs: fn(model)
     try:
         yield
     finally:
-        ftlib_train.evaluate_model = original
+        ftlib_trainer._evaluate = original
+
+
+def run_train_model(model, loader, optimizer, device, clock, steps, epochs=1, eval_every=None,
+                    on_eval=None, autocast_dtype=None):
+    """ftlib's `train_model` for `steps` steps (or `epochs`), its evaluations replaced by
+    `on_eval()` with the clock paused; returns its `TrainHistory`."""
+    def hook(_model):
+        with clock.paused():
+            if on_eval is not None:
+                on_eval()
+
+    with evaluation_hook(hook):
+        clock.start()
+        history = train_model(model, loader, loader, optimizer, device, epochs,
+                              eval_freq=eval_every or 10 ** 9, eval_iter=1, max_steps=steps,
+                              progress=False, log=lambda *a: None, autocast_dtype=autocast_dtype)
+        clock.stop()
+    return history
 
 
 def median(values):

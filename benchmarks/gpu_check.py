@@ -11,7 +11,7 @@ evaluation every 5 steps; the times here are training steps alone).
 
 - baseline: the chapter's loop (benchmarks/common.py): padded random batches,
   logits at every position, `torch.optim.AdamW` defaults, float32, no TF32;
-- ftlib: `train_model_simple` on the same batches packed (`make_loader("packed")`),
+- ftlib: `train_model` on the same batches packed (the pipeline's `item_loaders`),
   logits only at targets, fused AdamW, bf16 autocast and TF32;
 - ftlib + compile: the same with `compile_model` (each transformer block through
   `torch.compile`); its compile time is reported apart, and it is skipped when the
@@ -36,19 +36,17 @@ START = time.perf_counter()
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Clock, chapter_loader, chapter_train, evaluation_hook,  # noqa: E402
-                    format_table, load_items, token_loss)
+from common import (Clock, chapter_loader, chapter_train, format_table,  # noqa: E402
+                    ftlib_loader, load_items, run_train_model, token_loss)
 
-from ftlib.batching import make_loader  # noqa: E402
 from ftlib.collate import IGNORE_INDEX  # noqa: E402
 from ftlib.model import GPTModel, get_config  # noqa: E402
-from ftlib.train import (autocast_dtype_for, compile_model, enable_tf32,  # noqa: E402
-                         make_optimizer, train_model_simple)
+from ftlib.trainer import autocast_dtype_for, compile_model, enable_tf32, make_optimizer  # noqa: E402
 
 
 def padding_positions(target_batch):
     """Padded positions of a (rows, t) target batch, as a 0-dim tensor (no sync):
-    those after each row's last target (see ftlib.train.padding_tokens)."""
+    those after each row's last target (see ftlib.trainer.padding_tokens)."""
     rows, length = target_batch.shape
     position = torch.arange(1, length + 1, device=target_batch.device)
     real = ((target_batch != IGNORE_INDEX) * position).amax(dim=1)
@@ -71,8 +69,7 @@ def run_variant(name, cfg, init_state, train_items, val_items, args, budget_s):
     row = {"loop": name, "precision": f"{'bf16 autocast + TF32' if autocast else 'float32'}"}
 
     if fast:
-        loader = make_loader(train_items, args.batch_size, batching="packed", seed=args.seed,
-                             allowed_max_length=cfg["context_length"], device=device)
+        loader = ftlib_loader(train_items, args.batch_size, device, cfg["context_length"], seed=args.seed)
     else:
         loader = chapter_loader(train_items, args.batch_size, device,
                                 allowed_max_length=cfg["context_length"], seed=args.seed)
@@ -89,16 +86,10 @@ def run_variant(name, cfg, init_state, train_items, val_items, args, budget_s):
         """`steps` steps of this loop from epoch 0; counts what it processed."""
         optimizer = new_optimizer()
         if fast:
-            stats = {}
-            with evaluation_hook(lambda m: (float("nan"), float("nan"))):
-                clock.start()
-                train_model_simple(model, loader, loader, optimizer, device, num_epochs=args.epochs,
-                                   eval_freq=10 ** 9, eval_iter=1, start_context="", tokenizer=None,
-                                   max_steps=steps, progress=False, print_samples=False,
-                                   log=lambda *a: None, autocast_dtype=autocast, stats=stats)
-                clock.stop()
-            counts.update(targets=stats["target_tokens"], inputs=stats["processed_tokens"],
-                          padding=stats["padding_tokens"], steps=stats["steps"])
+            history = run_train_model(model, loader, optimizer, device, clock, steps,
+                                      epochs=args.epochs, autocast_dtype=autocast)
+            counts.update(targets=history.target_tokens, inputs=history.processed_tokens,
+                          padding=history.padding_tokens, steps=history.steps)
         else:
             # counted on the GPU and read once at the end: no extra sync in the timed loop
             targets_seen = torch.zeros((), dtype=torch.long, device=device)

@@ -23,7 +23,7 @@ import functools
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-from ftlib.collate import custom_collate_fn
+from ftlib.collate import instruction_collate_fn, split_item
 from ftlib.errors import ConfigError
 from ftlib.packing import pack_collate_fn
 
@@ -55,7 +55,7 @@ def item_lengths(items):
 
     Introduced in: notebooks/04_dataloaders.ipynb
     """
-    return [len(item[0]) if isinstance(item, tuple) else len(item) for item in items]
+    return [len(split_item(item)[0]) for item in items]
 
 
 class LengthGroupedBatchSampler(Sampler):
@@ -165,8 +165,8 @@ def make_loader(items, batch_size, batching="random", shuffle=True, seed=123,
     """A DataLoader over instruction items with one of three batching strategies.
 
     - `"random"`: the chapter's: shuffled (`EpochSampler`), each batch padded to its
-      longest example by `custom_collate_fn`;
-    - `"length"`: `LengthGroupedBatchSampler` + `custom_collate_fn`: batches of
+      longest example by `instruction_collate_fn`;
+    - `"length"`: `LengthGroupedBatchSampler` + `instruction_collate_fn`: batches of
       similar lengths, little padding;
     - `"packed"`: shuffled like "random", each batch packed by `pack_collate_fn`
       into rows of at most `row_length` tokens (default: `allowed_max_length`, or
@@ -189,7 +189,7 @@ def make_loader(items, batch_size, batching="random", shuffle=True, seed=123,
         collate = functools.partial(pack_collate_fn, row_length=row_length or allowed_max_length,
                                     allowed_max_length=allowed_max_length, device=device)
     else:
-        collate = functools.partial(custom_collate_fn, allowed_max_length=allowed_max_length,
+        collate = functools.partial(instruction_collate_fn, allowed_max_length=allowed_max_length,
                                     device=device)
     if batching == "length" and shuffle:
         batches = LengthGroupedBatchSampler(item_lengths(items), batch_size, seed=seed,

@@ -3,33 +3,28 @@
 draft 1 pads the inputs of a batch to one length; draft 2 adds the targets (the
 inputs shifted by one token); the final `custom_collate_fn` replaces every padding
 target but the first end-of-text with `ignore_index` (-100, which
-`torch.nn.functional.cross_entropy` skips), can truncate to `allowed_max_length`,
-and masks the prompt when items carry their prompt length (exercise 7.2).
+`torch.nn.functional.cross_entropy` skips) and can truncate to `allowed_max_length`.
+These three are the chapter's functions, as the chapter writes them.
 
-A batch item is either a list of token ids, or a tuple `(token_ids, prompt_length)`
-as yielded by `InstructionDataset.with_prompt_lengths()`. Collate knows nothing of
-the model.
+`instruction_collate_fn` is the fuller one ftlib trains with: the same batches,
+and for items that carry their prompt length (exercise 7.2's prompt masking) the
+targets inside the prompt are ignored too. A batch item is then a tuple
+`(token_ids, prompt_length)`, as `InstructionDataset.with_prompt_lengths()` yields.
+
+Collate knows nothing of the model.
 """
 
 import torch
 
 from ftlib.errors import ConfigError, DataError
+from ftlib.tokenizer import END_OF_TEXT_ID
 
-END_OF_TEXT_ID = 50256  # GPT-2's <|endoftext|>, used as the padding token
-IGNORE_INDEX = -100      # cross_entropy's default ignore_index
+IGNORE_INDEX = -100  # cross_entropy's default ignore_index
 
 
 def _check_batch(batch):
     if len(batch) == 0:
         raise DataError("collate: the batch is empty (a DataLoader with no items?)")
-
-
-def _split_item(item):
-    """(token_ids, prompt_length or None) for either kind of batch item."""
-    if isinstance(item, tuple):
-        ids, prompt_length = item
-        return list(ids), prompt_length
-    return list(item), None
 
 
 def custom_collate_draft_1(batch, pad_token_id=END_OF_TEXT_ID, device="cpu"):
@@ -66,52 +61,69 @@ def custom_collate_draft_2(batch, pad_token_id=END_OF_TEXT_ID, device="cpu"):
 
 def custom_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=IGNORE_INDEX,
                       allowed_max_length=None, device="cpu"):
-    """The chapter's final collate function, plus prompt masking.
+    """The chapter's final collate function: (inputs, targets), each (batch, length) int64.
 
-    - targets that are padding become `ignore_index`, except the first end-of-text
-      of each row, so the model learns to end its response;
-    - `allowed_max_length` truncates inputs and targets (longer rows are cut);
-    - items given as `(token_ids, prompt_length)` also get `ignore_index` on every
-      target that predicts a prompt token, so the loss covers only the response.
-
-    Returns (inputs, targets), each (batch, length) int64 on `device`.
+    Targets that are padding become `ignore_index`, except the first end-of-text of
+    each row, so the model learns to end its response; `allowed_max_length`
+    truncates inputs and targets.
 
     Introduced in: notebooks/02_collate_drafts.ipynb
     """
     _check_batch(batch)
-    if allowed_max_length is not None and allowed_max_length < 1:
-        raise ConfigError(f"allowed_max_length must be at least 1, got {allowed_max_length}")
-    items = [_split_item(item) for item in batch]
-    batch_max_length = max(len(ids) + 1 for ids, _ in items)
-
+    batch_max_length = max(len(item) + 1 for item in batch)
     inputs_lst, targets_lst = [], []
-    for ids, prompt_length in items:
-        new_item = ids + [pad_token_id]
+    for item in batch:
+        new_item = list(item) + [pad_token_id]
         padded = new_item + [pad_token_id] * (batch_max_length - len(new_item))
         inputs = torch.tensor(padded[:-1])
         targets = torch.tensor(padded[1:])
 
-        # keep the first end-of-text target, ignore the rest of the padding
-        mask = targets == pad_token_id
+        mask = targets == pad_token_id  # keep the first end-of-text target, ignore the rest
         indices = torch.nonzero(mask).squeeze()
         if indices.numel() > 1:
             targets[indices[1:]] = ignore_index
 
-        if prompt_length is not None:
-            # target i predicts token i+1: targets 0 .. prompt_length-2 predict the
-            # prompt; target prompt_length-1 predicts the first response token.
-            targets[: max(prompt_length - 1, 0)] = ignore_index
-
         if allowed_max_length is not None:
             inputs = inputs[:allowed_max_length]
             targets = targets[:allowed_max_length]
-
         inputs_lst.append(inputs)
         targets_lst.append(targets)
+    return torch.stack(inputs_lst).to(device), torch.stack(targets_lst).to(device)
 
-    inputs_tensor = torch.stack(inputs_lst).to(device)
-    targets_tensor = torch.stack(targets_lst).to(device)
-    return inputs_tensor, targets_tensor
+
+def split_item(item):
+    """(token_ids, prompt_length or None) for either kind of batch item.
+
+    Introduced in: notebooks/03_ignore_index_masking.ipynb
+    """
+    if isinstance(item, tuple):
+        ids, prompt_length = item
+        return list(ids), prompt_length
+    return list(item), None
+
+
+def instruction_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=IGNORE_INDEX,
+                           allowed_max_length=None, device="cpu"):
+    """`custom_collate_fn`, plus prompt masking for items `(token_ids, prompt_length)`.
+
+    Plain id lists give exactly `custom_collate_fn`'s batch. For a pair, every
+    target that predicts a prompt token becomes `ignore_index` as well, so the loss
+    covers only the response (exercise 7.2). `allowed_max_length` must be at least 1.
+
+    Introduced in: notebooks/03_ignore_index_masking.ipynb
+    """
+    _check_batch(batch)
+    if allowed_max_length is not None and allowed_max_length < 1:
+        raise ConfigError(f"allowed_max_length must be at least 1, got {allowed_max_length}")
+    items = [split_item(item) for item in batch]
+    inputs, targets = custom_collate_fn([ids for ids, _ in items], pad_token_id, ignore_index,
+                                        allowed_max_length, device)
+    for row, (_, prompt_length) in enumerate(items):
+        if prompt_length is not None:
+            # target i predicts token i+1: targets 0 .. prompt_length-2 predict the
+            # prompt; target prompt_length-1 predicts the first response token.
+            targets[row, : max(prompt_length - 1, 0)] = ignore_index
+    return inputs, targets
 
 
 def padding_stats(batch, allowed_max_length=None):
@@ -123,7 +135,7 @@ def padding_stats(batch, allowed_max_length=None):
     Introduced in: notebooks/04_dataloaders.ipynb
     """
     _check_batch(batch)
-    lengths = [len(_split_item(item)[0]) for item in batch]
+    lengths = [len(split_item(item)[0]) for item in batch]
     length = max(lengths)  # inputs are (max length + 1) - 1 long
     if allowed_max_length is not None:
         length = min(length, allowed_max_length)

@@ -12,7 +12,7 @@ and tells each copy who it is through environment variables:
     LOCAL_RANK  this process's number on this machine: which GPU it takes
     MASTER_ADDR, MASTER_PORT  where the processes meet to connect to each other
 
-What each process then does (ftlib/cli.py puts the pieces together):
+What each process then does (ftlib/pipeline.py puts the pieces together):
 
 1. `init_distributed`: join the others (a "process group"). On GPUs the processes
    talk through NCCL and process LOCAL_RANK uses cuda:LOCAL_RANK; on the CPU they
@@ -26,7 +26,7 @@ What each process then does (ftlib/cli.py puts the pieces together):
    the backward pass runs. Every process then holds the same gradients, takes the
    same optimizer step, and the replicas stay equal, step after step.
 5. The loss: ftlib weights every target token equally across the whole batch
-   (see `accumulate_gradients` in ftlib/train.py). Each process divides its summed
+   (see `accumulate_gradients` in ftlib/trainer.py). Each process divides its summed
    token losses by the number of targets of the global batch (summed over all
    processes), times WORLD_SIZE to undo DDP's average; the result is exactly the
    gradient one process would compute on the whole global batch.
@@ -231,9 +231,9 @@ def wrap_model(model, device):
 
     DDP copies rank 0's parameters to every process when it is created, then, in
     each backward pass, averages the gradients across processes. It synchronises
-    only what runs inside its `forward()`: wrap `ModelWithLoss(model)`
-    (ftlib/train.py), whose forward computes the loss, rather than the GPTModel
-    itself, because `calc_loss_batch` calls the model's parts directly.
+    what runs inside its `forward()`, so the loss is computed there:
+    `wrapped(inputs, targets)` is `GPTModel.forward(inputs, targets)`, the loss at
+    the targets only.
 
     Optimizers built on `model.parameters()` before wrapping stay valid: DDP
     trains the same parameter tensors. The wrapped module is `wrapped.module`.

@@ -11,6 +11,10 @@ import torch
 
 from ftlib.tokenizer import END_OF_TEXT
 
+# The one default length of a generated answer: the chapter's sample length. The
+# bundled answers are a few tokens, and generation stops at <|endoftext|> anyway.
+MAX_NEW_TOKENS = 50
+
 
 def text_to_token_ids(text, tokenizer):
     """Encode `text` as a (1, num_tokens) tensor: a batch of one.
@@ -114,7 +118,8 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     return idx
 
 
-def generate_and_print_sample(model, tokenizer, device, start_context, max_new_tokens=50):
+def generate_and_print_sample(model, tokenizer, device, start_context,
+                              max_new_tokens=MAX_NEW_TOKENS):
     """Print a greedy continuation of `start_context` on one line (the chapter's helper).
 
     Switches the model to eval mode for the sample and restores its mode afterwards.
@@ -124,7 +129,7 @@ def generate_and_print_sample(model, tokenizer, device, start_context, max_new_t
     was_training = model.training
     model.eval()
     try:
-        context_size = model.pos_emb.weight.shape[0]
+        context_size = model.cfg["context_length"]
         encoded = text_to_token_ids(start_context, tokenizer).to(device)
         token_ids = generate(model, encoded, max_new_tokens, context_size)
         print(token_ids_to_text(token_ids, tokenizer).replace("\n", " "))

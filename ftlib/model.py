@@ -232,9 +232,23 @@ class GPTModel(nn.Module):
             x = block(x, attn_mask, kv_cache, i)
         return self.final_norm(x)
 
-    def forward(self, in_idx, position_ids=None, attn_mask=None, kv_cache=None):
-        """(b, t) token ids -> (b, t, vocab_size) logits."""
-        return self.out_head(self.hidden_states(in_idx, position_ids, attn_mask, kv_cache))
+    def forward(self, in_idx, targets=None, *, position_ids=None, attn_mask=None,
+                kv_cache=None, reduction="mean"):
+        """(b, t) token ids -> (b, t, vocab_size) logits; given `targets`, the loss instead.
+
+        With `targets` (b, t), as nanoGPT's `forward(idx, targets)`: the output head
+        runs only where a target is not -100 (cross_entropy's ignore_index), which is
+        the same loss as on every position's logits, for less work. `reduction` is
+        cross_entropy's ("sum" adds the token losses, for gradient accumulation).
+        DistributedDataParallel can wrap the model itself: the loss is computed
+        inside `forward()`.
+        """
+        hidden = self.hidden_states(in_idx, position_ids, attn_mask, kv_cache)  # (b, t, d)
+        if targets is None:
+            return self.out_head(hidden)  # (b, t, vocab_size)
+        keep = targets != -100  # (b, t); -100: cross_entropy's ignore_index, as collate marks
+        logits = self.out_head(hidden[keep])           # (num_targets, vocab_size)
+        return F.cross_entropy(logits, targets[keep], reduction=reduction)
 
     def new_kv_cache(self):
         """An empty KV cache sized for this model's context length."""

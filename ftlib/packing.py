@@ -22,7 +22,8 @@ training step, and what the model learns from them, do not change.
 
 import torch
 
-from ftlib.collate import END_OF_TEXT_ID, IGNORE_INDEX, custom_collate_fn
+from ftlib.collate import IGNORE_INDEX, instruction_collate_fn
+from ftlib.tokenizer import END_OF_TEXT_ID
 from ftlib.errors import ConfigError, DataError
 
 
@@ -80,9 +81,9 @@ def block_causal_mask(segment_lengths, length):
 
 def pack_collate_fn(batch, row_length=None, pad_token_id=END_OF_TEXT_ID,
                     ignore_index=IGNORE_INDEX, allowed_max_length=None, device="cpu"):
-    """Collate a batch into packed rows: `custom_collate_fn`'s targets, without padding.
+    """Collate a batch into packed rows: `instruction_collate_fn`'s targets, without padding.
 
-    - `batch`: items as for `custom_collate_fn` (id lists, or `(ids, prompt_length)`);
+    - `batch`: items as for `instruction_collate_fn` (id lists, or `(ids, prompt_length)`);
     - `row_length`: the most tokens in a row (see `pack_rows`); None puts the whole
       batch in one row. Every example (after `allowed_max_length`) must fit in a row.
       Longer rows pad less but spend more attention on pairs the mask then hides.
@@ -102,10 +103,10 @@ def pack_collate_fn(batch, row_length=None, pad_token_id=END_OF_TEXT_ID,
     """
     if len(batch) == 0:
         raise DataError("pack_collate_fn: the batch is empty (a DataLoader with no items?)")
-    # Each example on its own, exactly as custom_collate_fn makes it: a batch of one
+    # Each example on its own, exactly as instruction_collate_fn makes it: a batch of one
     # has no padding, so its inputs and targets are the example's and nothing else.
-    examples = [custom_collate_fn([item], pad_token_id=pad_token_id, ignore_index=ignore_index,
-                                  allowed_max_length=allowed_max_length) for item in batch]
+    examples = [instruction_collate_fn([item], pad_token_id=pad_token_id, ignore_index=ignore_index,
+                                       allowed_max_length=allowed_max_length) for item in batch]
     lengths = [inputs.shape[1] for inputs, _ in examples]
     if row_length is None:
         row_length = sum(lengths)

@@ -11,7 +11,8 @@ over entries and a toggle for prompt masking, for learners and instructors.
 
 import html
 
-from ftlib.collate import END_OF_TEXT_ID, IGNORE_INDEX, custom_collate_fn
+from ftlib.collate import IGNORE_INDEX, instruction_collate_fn, split_item
+from ftlib.tokenizer import END_OF_TEXT_ID
 
 ROLE_COLOURS = {
     "prompt": "#cfe2ff",       # blue: the instruction (and input)
@@ -62,7 +63,7 @@ def legend_html():
 
 def token_view_html(batch, tokenizer, rows=None, allowed_max_length=None,
                     pad_token_id=END_OF_TEXT_ID, max_tokens=None):
-    """HTML showing inputs and targets of `custom_collate_fn(batch)` by role.
+    """HTML showing inputs and targets of `instruction_collate_fn(batch)` by role.
 
     `batch` items are token-id lists or `(token_ids, prompt_length)` tuples (then
     the prompt is masked, as in training with --mask-prompt). `rows` picks rows to
@@ -70,12 +71,12 @@ def token_view_html(batch, tokenizer, rows=None, allowed_max_length=None,
 
     Introduced in: notebooks/03_ignore_index_masking.ipynb
     """
-    inputs, targets = custom_collate_fn(batch, pad_token_id=pad_token_id,
-                                        allowed_max_length=allowed_max_length)
+    inputs, targets = instruction_collate_fn(batch, pad_token_id=pad_token_id,
+                                             allowed_max_length=allowed_max_length)
     parts = [f"<div>{legend_html()}</div>"]
     for r in rows if rows is not None else range(len(batch)):
         item = batch[r]
-        ids, prompt_length = item if isinstance(item, tuple) else (item, None)
+        ids, prompt_length = split_item(item)
         row_in, row_tg = inputs[r].tolist(), targets[r].tolist()
         # input role of position i+1 is the role of the token that target i predicts
         roles = input_roles(len(ids), prompt_length, len(row_in) + 1)

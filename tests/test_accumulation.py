@@ -5,13 +5,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from ftlib.batching import EpochSampler
-from ftlib.collate import custom_collate_fn
+from ftlib.collate import instruction_collate_fn
 from ftlib.model import GPTModel
 from ftlib.packing import pack_collate_fn
 from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.train import (TrainingDiverged, accumulate_gradients, autocast_dtype_for,
-                         calc_loss_batch, compile_model, enable_tf32, make_optimizer,
-                         padding_tokens, train_model_simple)
+from ftlib.trainer import (TrainingDiverged, accumulate_gradients, autocast_dtype_for, batch_loss,
+                           compile_model, enable_tf32, make_optimizer, padding_tokens, train_model)
 from helpers import varied_items
 
 
@@ -24,7 +23,7 @@ EOT = 511
 
 
 def collate(batch):
-    return custom_collate_fn(batch, pad_token_id=EOT)
+    return instruction_collate_fn(batch, pad_token_id=EOT)
 
 
 def pack(batch, row_length):
@@ -48,7 +47,7 @@ def test_batch_8_equals_8_micro_batches_of_1():
     big_loss, big = grads_after(model, [collate(items)])
     small_loss, small = grads_after(model, [collate([item]) for item in items])
     assert small_loss == pytest.approx(big_loss, abs=1e-10)
-    assert big_loss == pytest.approx(calc_loss_batch(*collate(items), model, "cpu").item())
+    assert big_loss == pytest.approx(batch_loss(model, collate(items), "cpu").item())
     for a, b in zip(big, small):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     # packed micro-batches too: 2 x 4 examples, each packed into rows
@@ -100,26 +99,22 @@ def _train(batch_size, accumulation_steps, items, epochs=2):
     loader = DataLoader(items, batch_size=batch_size, collate_fn=collate,
                         sampler=EpochSampler(len(items), seed=7), drop_last=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    stats, lines = {}, []
-    train_model_simple(model, loader, loader, optimizer, "cpu", num_epochs=epochs, eval_freq=100,
-                       eval_iter=1, start_context="", tokenizer=None, progress=False,
-                       print_samples=False, log=lines.append,
-                       accumulation_steps=accumulation_steps, stats=stats)
-    stats["log"] = lines
-    return model, stats
+    history = train_model(model, loader, loader, optimizer, "cpu", epochs, eval_freq=100,
+                          eval_iter=1, progress=False, log=lambda *a: None,
+                          accumulation_steps=accumulation_steps)
+    return model, history
 
 
 def test_training_with_accumulation_reaches_the_same_weights():
     items = varied_items(16, seed=4)
     big, big_stats = _train(8, 1, items)
     small, small_stats = _train(2, 4, items)
-    assert big_stats["steps"] == small_stats["steps"] == 4
-    assert big_stats["target_tokens"] == small_stats["target_tokens"]
+    assert big_stats.steps == small_stats.steps == 4
+    assert big_stats.target_tokens == small_stats.target_tokens
     for a, b in zip(big.parameters(), small.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     # smaller batches pad less; the meter sees it
-    assert 0 < small_stats["padding_fraction"] < big_stats["padding_fraction"]
-    assert small_stats["log"][-1].startswith(f"Padding: {small_stats['padding_fraction']:.1%} of the ")
+    assert 0 < small_stats.padding_fraction < big_stats.padding_fraction
 
 
 def test_padding_tokens_counts_positions_after_the_last_target():
@@ -140,7 +135,7 @@ def test_make_optimizer_is_fused_when_possible_and_updates_like_adamw():
     for m, opt in ((model, fused), (reference_model, plain)):
         for _ in range(3):
             opt.zero_grad()
-            calc_loss_batch(*batch, m, "cpu").backward()
+            batch_loss(m, batch, "cpu").backward()
             opt.step()
     for a, b in zip(model.parameters(), reference_model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
@@ -173,6 +168,6 @@ def test_bf16_and_tf32_are_for_cuda_only():
 def test_compile_model_keeps_the_loss():
     model = new_model(dtype=torch.float32)
     batch = collate(varied_items(4))
-    before = calc_loss_batch(*batch, model, "cpu").item()
+    before = batch_loss(model, batch, "cpu").item()
     compile_model(model, backend="eager")  # the eager backend: no C++ build in a unit test
-    assert calc_loss_batch(*batch, model, "cpu").item() == pytest.approx(before, abs=1e-6)
+    assert batch_loss(model, batch, "cpu").item() == pytest.approx(before, abs=1e-6)

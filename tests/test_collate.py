@@ -1,11 +1,13 @@
-"""The chapter's collate drafts on its own example batch, plus prompt masking."""
+"""The chapter's collate drafts on its own example batch, then instruction_collate_fn's prompt masking."""
 
 import pytest
 import torch
 
 from ftlib.collate import (
-    custom_collate_draft_1, custom_collate_draft_2, custom_collate_fn, padding_stats,
+    custom_collate_draft_1, custom_collate_draft_2, custom_collate_fn, instruction_collate_fn,
+    padding_stats,
 )
+from helpers import toy_items
 from ftlib.errors import ConfigError, DataError
 
 # The seed's example batch: three token-id lists of different lengths.
@@ -63,7 +65,7 @@ def test_custom_ignore_index_and_device():
 def test_prompt_masking_keeps_response_and_one_end_of_text():
     # prompt = first 3 tokens of each item; the response is the rest
     batch = [([0, 1, 2, 3, 4], 3), ([5, 6, 7], 2)]
-    inputs, targets = custom_collate_fn(batch)
+    inputs, targets = instruction_collate_fn(batch)
     assert inputs.tolist() == [[0, 1, 2, 3, 4], [5, 6, 7, 50256, 50256]]
     # row 0: targets 1, 2 predict prompt tokens -> ignored; 3, 4, <eot> stay
     assert targets[0].tolist() == [-100, -100, 3, 4, 50256]
@@ -73,12 +75,27 @@ def test_prompt_masking_keeps_response_and_one_end_of_text():
 
 def test_prompt_masking_with_plain_lists_changes_nothing():
     plain = custom_collate_fn(BATCH)[1]
-    as_tuples = custom_collate_fn([(item, 0) for item in BATCH])[1]
+    as_tuples = instruction_collate_fn([(item, 0) for item in BATCH])[1]
     assert torch.equal(plain, as_tuples)
 
 
+@pytest.mark.parametrize("allowed", [None, 3, 7])
+def test_instruction_collate_is_the_books_collate_plus_the_prompt_mask(allowed):
+    items = toy_items(8, seed=1)
+    inputs, targets = custom_collate_fn([ids for ids, _ in items], allowed_max_length=allowed)
+    # the book's batch, then every target before the response ignored by hand
+    for row, (_, prompt_length) in enumerate(items):
+        targets[row, :prompt_length - 1] = -100
+    got_inputs, got_targets = instruction_collate_fn(items, allowed_max_length=allowed)
+    assert torch.equal(got_inputs, inputs) and torch.equal(got_targets, targets)
+    plain = instruction_collate_fn([ids for ids, _ in items], allowed_max_length=allowed)
+    ref = custom_collate_fn([ids for ids, _ in items], allowed_max_length=allowed)
+    assert all(torch.equal(a, b) for a, b in zip(plain, ref))
+
+
 def test_empty_batch_is_a_clear_error():
-    for fn in (custom_collate_draft_1, custom_collate_draft_2, custom_collate_fn):
+    for fn in (custom_collate_draft_1, custom_collate_draft_2, custom_collate_fn,
+               instruction_collate_fn):
         with pytest.raises(DataError, match="batch is empty"):
             fn([])
 
@@ -86,7 +103,7 @@ def test_empty_batch_is_a_clear_error():
 @pytest.mark.parametrize("bad", [0, -3])
 def test_allowed_max_length_below_one_is_a_clear_error(bad):
     with pytest.raises(ConfigError, match="allowed_max_length must be at least 1"):
-        custom_collate_fn(BATCH, allowed_max_length=bad)
+        instruction_collate_fn(BATCH, allowed_max_length=bad)
 
 
 def test_padding_stats_counts_padding_of_the_seed_batch():

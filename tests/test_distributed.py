@@ -25,7 +25,7 @@ from ftlib.distributed import launched_by_torchrun
 from ftlib.errors import ConfigError
 from ftlib.model import GPTModel
 from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.train import train_model_simple, warmup_cosine_schedule
+from ftlib.trainer import train_model, warmup_cosine_schedule
 from helpers import RUN_FILES, quick_args, varied_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +83,7 @@ def _run(batching, checkpoint_path=None):
     """4 optimizer steps (2 micro-batches each, gradient clipping, crossing into the
     second epoch) of a small float64 GPT; in a single process, or in each process
     of a torchrun launch. Returns (model, train_losses, val_losses)."""
-    from ftlib.distributed import is_distributed, rank, world_size, wrap_model
-    from ftlib.train import ModelWithLoss
+    from ftlib.distributed import is_distributed, rank, world_size
 
     torch.manual_seed(123)
     model = GPTModel(SMALL_CONFIG).double()
@@ -95,27 +94,27 @@ def _run(batching, checkpoint_path=None):
     val_loader = make_loader(varied_items(8, seed=1), 4, shuffle=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     scheduler = warmup_cosine_schedule(optimizer, total_steps=4)
-    train_model = wrap_model(ModelWithLoss(model), "cpu") if is_distributed() else model
-    train_losses, val_losses, _ = train_model_simple(
-        train_model, loader, val_loader, optimizer, "cpu", num_epochs=2, eval_freq=1, eval_iter=2,
-        start_context="", tokenizer=None, scheduler=scheduler, max_steps=4, grad_clip=1.0,
-        progress=False, print_samples=False, checkpoint_path=checkpoint_path,
-        accumulation_steps=2, log=lambda *a: None, eval_train_loader=whole)
-    return model, train_losses, val_losses
+    # train_model wraps the model in DDP itself when a process group is up
+    history = train_model(
+        model, loader, val_loader, optimizer, "cpu", 2, eval_freq=1, eval_iter=2,
+        scheduler=scheduler, max_steps=4, grad_clip=1.0, progress=False,
+        checkpoint_path=checkpoint_path, accumulation_steps=2, log=lambda *a: None,
+        eval_train_loader=whole)
+    return model, history.train_losses, history.val_losses
 
 
 def _first_step(batching):
     """Loss and gradients of one step of 2 micro-batches (before any update)."""
     from ftlib.distributed import is_distributed, rank, world_size, wrap_model
-    from ftlib.train import ModelWithLoss, accumulate_gradients
+    from ftlib.trainer import accumulate_gradients
 
     torch.manual_seed(123)
     model = GPTModel(SMALL_CONFIG).double()
     loader = make_loader(varied_items(40), 8, batching=batching, seed=7, row_length=32,
                          rank=rank(), world_size=world_size())
     micro_batches = list(itertools.islice(loader, 2))
-    train_model = wrap_model(ModelWithLoss(model), "cpu") if is_distributed() else model
-    loss = accumulate_gradients(micro_batches, train_model, "cpu")
+    step_model = wrap_model(model, "cpu") if is_distributed() else model  # DDP wraps GPTModel itself
+    loss = accumulate_gradients(micro_batches, step_model, "cpu")
     return loss, {name: p.grad for name, p in model.named_parameters()}
 
 
@@ -132,7 +131,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 def test_two_processes_train_exactly_like_one(tmp_path):
     proc = _torchrun(str(Path(__file__)), str(tmp_path))
     assert proc.returncode == 0, proc.stdout
-    assert json.loads((tmp_path / "wrong-wrap.json").read_text())["clear_error"]
     for batching in STRATEGIES:
         # one step: the gradients DDP leaves on each process are those of the whole batch
         loss, grads = _first_step(batching)
@@ -153,8 +151,8 @@ def test_two_processes_train_exactly_like_one(tmp_path):
             torch.testing.assert_close(checkpoint["model"][key], value, rtol=0, atol=1e-9,
                                        msg=f"{batching}: {key}")
         # rank 0 evaluated on whole batches: the same losses a single process logs
-        assert checkpoint["extra"]["train_losses"] == pytest.approx(train_losses, rel=1e-9)
-        assert checkpoint["extra"]["val_losses"] == pytest.approx(val_losses, rel=1e-9)
+        assert checkpoint["extra"]["history"]["train_losses"] == pytest.approx(train_losses, rel=1e-9)
+        assert checkpoint["extra"]["history"]["val_losses"] == pytest.approx(val_losses, rel=1e-9)
         # and the replicas stayed identical
         rank1 = torch.load(tmp_path / f"{batching}-final-rank1.pt", weights_only=True)
         assert all(torch.equal(rank1[k], checkpoint["model"][k]) for k in expected)
@@ -219,10 +217,7 @@ def test_an_uneven_batch_size_under_torchrun_is_one_clear_error(small_data, tmp_
 
 def _worker(out):
     """What each process of `test_two_processes_train_exactly_like_one` runs."""
-    from ftlib.distributed import (cleanup_distributed, init_distributed, is_main_process, rank,
-                                   wrap_model)
-    from ftlib.errors import FtlibError
-    from ftlib.train import accumulate_gradients, unwrap_model
+    from ftlib.distributed import cleanup_distributed, init_distributed, is_main_process, rank
 
     init_distributed("cpu")
     try:
@@ -231,17 +226,7 @@ def _worker(out):
             torch.save(_first_step(batching), out / f"{batching}-grads-rank{rank()}.pt")
             model, _, _ = _run(batching, checkpoint_path=out / f"{batching}-rank{rank()}.pt")
             if not is_main_process():  # to check the replicas stayed equal
-                torch.save(unwrap_model(model).state_dict(), out / f"{batching}-final-rank{rank()}.pt")
-        # DDP around the bare model would not synchronise: a clear error instead
-        bare = wrap_model(GPTModel(SMALL_CONFIG), "cpu")
-        loader = make_loader(varied_items(8), 8, rank=rank(), world_size=2)
-        try:
-            accumulate_gradients([next(iter(loader))], bare, "cpu")
-            clear_error = False
-        except FtlibError as exc:
-            clear_error = "ModelWithLoss" in str(exc)
-        if is_main_process():
-            (out / "wrong-wrap.json").write_text(json.dumps({"clear_error": clear_error}))
+                torch.save(model.state_dict(), out / f"{batching}-final-rank{rank()}.pt")
     finally:
         cleanup_distributed()
 

@@ -5,12 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftlib.collate import custom_collate_fn
+from ftlib.collate import instruction_collate_fn
 from ftlib.errors import DataError
 from ftlib.model import GPTModel
 from ftlib.packing import block_causal_mask, pack_collate_fn, pack_rows
 from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.train import calc_loss_batch, calc_loss_loader, split_batch
+from ftlib.train import calc_loss_batch
+from ftlib.trainer import batch_loss, loss_loader, split_batch
 from helpers import toy_items
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -63,11 +64,11 @@ def test_packing_the_chapters_batch():
     assert inputs.shape == (1, 10) and (targets != -100).all()
 
 
-def test_each_examples_targets_are_custom_collate_fns():
+def test_each_examples_targets_are_instruction_collate_fns():
     items = toy_items(7)
     for allowed in (None, 8):
         inputs, targets, extras = pack_collate_fn(items, row_length=20, allowed_max_length=allowed)
-        ref_inputs, ref_targets = custom_collate_fn(items, allowed_max_length=allowed)
+        ref_inputs, ref_targets = instruction_collate_fn(items, allowed_max_length=allowed)
         lengths = [len(ids) if allowed is None else min(len(ids), allowed) for ids, _ in items]
         for i, n in enumerate(lengths):
             where = extras["example_ids"] == i
@@ -106,7 +107,7 @@ def _per_example_losses(logits, targets, example_ids, n):
 def test_packed_and_unpacked_examples_have_the_same_losses():
     model = new_model()
     items = toy_items(8)
-    inputs, targets = custom_collate_fn(items)
+    inputs, targets = instruction_collate_fn(items)
     rows = torch.arange(len(items))[:, None].expand_as(targets)  # example i is row i
     with torch.no_grad():
         unpacked = _per_example_losses(model(inputs), targets, rows, len(items))
@@ -117,43 +118,40 @@ def test_packed_and_unpacked_examples_have_the_same_losses():
         packed = _per_example_losses(logits, p_targets, extras["example_ids"], len(items))
     torch.testing.assert_close(packed, unpacked, atol=1e-5, rtol=0)
 
-    # and so the batch loss, through calc_loss_batch both ways (targets only, full logits)
-    for full in (False, True):
-        ref = calc_loss_batch(inputs, targets, model, "cpu", full_logits=full)
-        got = calc_loss_batch(p_inputs, p_targets, model, "cpu", full_logits=full,
-                              position_ids=extras["position_ids"], attn_mask=extras["attn_mask"])
-        assert got.item() == pytest.approx(ref.item(), abs=1e-5)
+    # and so the batch loss: the book's on the padded batch, batch_loss on the packed one
+    ref = calc_loss_batch(inputs, targets, model, "cpu")
+    got = batch_loss(model, (p_inputs, p_targets, extras), "cpu")
+    assert got.item() == pytest.approx(ref.item(), abs=1e-5)
 
 
 def test_without_the_mask_examples_would_see_each_other():
     model = new_model()
     p_inputs, p_targets, extras = pack_collate_fn(toy_items(8), row_length=24)
-    masked = calc_loss_batch(p_inputs, p_targets, model, "cpu",
-                             position_ids=extras["position_ids"], attn_mask=extras["attn_mask"])
-    causal_only = calc_loss_batch(p_inputs, p_targets, model, "cpu", position_ids=extras["position_ids"])
+    masked = batch_loss(model, (p_inputs, p_targets, extras), "cpu")
+    causal_only = batch_loss(model, (p_inputs, p_targets, {"position_ids": extras["position_ids"]}), "cpu")
     assert abs(masked.item() - causal_only.item()) > 1e-4
 
 
 def test_packed_gradients_equal_unpacked_gradients():
     items = toy_items(6, seed=3)
     model = new_model()
-    inputs, targets = custom_collate_fn(items)
+    inputs, targets = instruction_collate_fn(items)
     calc_loss_batch(inputs, targets, model, "cpu").backward()
     ref = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    p_inputs, p_targets, extras = pack_collate_fn(items, row_length=20)
-    calc_loss_batch(p_inputs, p_targets, model, "cpu",
-                    position_ids=extras["position_ids"], attn_mask=extras["attn_mask"]).backward()
+    batch_loss(model, pack_collate_fn(items, row_length=20), "cpu").backward()
     for g, p in zip(ref, model.parameters()):
         torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
 
 
-def test_calc_loss_loader_takes_packed_batches():
+def test_loss_loader_on_packed_batches_equals_the_books_calc_loss_loader():
     from torch.utils.data import DataLoader
+
+    from ftlib.train import calc_loss_loader
 
     model = new_model()
     items = toy_items(12)
-    plain = DataLoader(items, batch_size=4, collate_fn=custom_collate_fn)
+    plain = DataLoader(items, batch_size=4, collate_fn=instruction_collate_fn)
     packed = DataLoader(items, batch_size=4, collate_fn=lambda b: pack_collate_fn(b, row_length=24))
     assert len(split_batch(next(iter(packed)))) == 3
-    assert calc_loss_loader(packed, model, "cpu") == pytest.approx(calc_loss_loader(plain, model, "cpu"), abs=1e-5)
+    assert loss_loader(packed, model, "cpu") == pytest.approx(calc_loss_loader(plain, model, "cpu"), abs=1e-5)

@@ -1,0 +1,429 @@
+"""One fine-tuning pipeline, the same for the CLI, the notebooks and the benchmarks.
+
+`RunConfig` holds every setting of a run and its default, in one place.
+`finetune(config)` runs the whole job and returns its metrics:
+
+    load the data -> split it -> build the model -> make the loaders
+    -> answer the held-out entries (before) -> train_model -> answer them again (after)
+    -> write the run folder
+
+Each step is a plain function a notebook can call on its own (`build_model`,
+`make_loaders`, ...). The run folder (`config.out`, default runs/latest/):
+
+    config.json          the settings of the run (model config included)
+    loss-plot.png        training and validation loss
+    test-responses.json  held-out entries with the model's responses before and after
+    metrics.json         held-out scores per task family, before and after, timings
+    model.pth            the fine-tuned model's state_dict
+    checkpoint.pt        model + optimizer + step, for --resume
+
+Every error a user can cause (a malformed data file, an unknown model, a missing
+weights folder) raises an `FtlibError` before anything is written.
+Under torchrun each process trains on its share of every batch; rank 0 alone logs
+and writes the run folder (ftlib/distributed.py).
+"""
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftlib.errors import ConfigError
+from ftlib.generate import MAX_NEW_TOKENS
+
+# Settings that differ between a model trained from scratch and pretrained GPT-2.
+# - from scratch: random weights learn fast with lr 1e-3, warm-up and cosine decay,
+#   and need the prompt masked so every update teaches the response;
+# - GPT-2: the chapter's lr 5e-5 (and no schedule) keeps pretrained weights close to
+#   where they were; the chapter does not mask the prompt.
+MODEL_DEFAULTS = {
+    "scratch": {"lr": 1e-3, "epochs": 20, "batch_size": 16, "mask_prompt": True,
+                "warmup_cosine": True, "allowed_max_length": 256},
+    "gpt2": {"lr": 5e-5, "epochs": 2, "batch_size": 8, "mask_prompt": False,
+             "warmup_cosine": False, "allowed_max_length": 1024},
+}
+
+LEARNING_GOAL = 0.75  # held-out exact match the default offline run must reach
+
+
+@dataclass
+class RunConfig:
+    """Every setting of a fine-tuning run. None means "the model's default"
+    (`MODEL_DEFAULTS`); `resolve_config` fills those in and checks every value.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+
+    # data
+    data: Path = None              # a JSON file in the chapter's format; None: `dataset`
+    dataset: str = "bundled"       # "bundled" (offline) or "chapter" (downloads 1100 entries)
+    prompt_style: str = "alpaca"   # the chapter's prompt, or "phi3" (exercise 7.1)
+    max_train_entries: int = None  # train on the first N entries only (exercise 7.3)
+    # model
+    model: str = "tiny"            # "tiny" (random weights) or e.g. "gpt2-medium (355M)"
+    weights_dir: Path = None       # where GPT-2 checkpoints are downloaded (default gpt2/)
+    lora_rank: int = None          # train LoRA adapters of this rank instead (exercise 7.4)
+    lora_alpha: float = 16.0       # the book's LoRA scaling
+    # training
+    epochs: int = None
+    max_steps: int = None          # stop after this many optimizer steps
+    batch_size: int = None
+    lr: float = None
+    weight_decay: float = 0.1      # the chapter's AdamW setting
+    allowed_max_length: int = None
+    mask_prompt: bool = None       # ignore the targets inside the prompt
+    warmup_cosine: bool = None     # warm-up and cosine decay of the learning rate
+    batching: str = "packed"       # "random" (the chapter's), "length" or "packed"
+    mixed_precision: bool = None   # bf16 autocast and TF32 (default: on with CUDA only)
+    grad_clip: float = 1.0         # max gradient norm: one bad batch cannot throw the model off
+    device: str = None             # cpu, cuda, mps (default: the best available)
+    seed: int = 123                # the chapter's seed
+    # evaluation and output
+    eval_points: int = 20          # losses recorded about this many times per run
+    eval_iter: int = 5             # batches per loss estimate: a smooth curve, cheaply
+    checkpoints: int = 10          # checkpoints written per run (the last one kept)
+    max_new_tokens: int = MAX_NEW_TOKENS  # longest answer generated when evaluating
+    out: Path = Path("runs/latest")
+    resume: bool = False           # continue from out/checkpoint.pt
+    progress: bool = True          # progress bars
+
+
+POSITIVE = ("epochs", "max_steps", "batch_size", "allowed_max_length", "max_new_tokens",
+            "lora_rank", "max_train_entries", "eval_points", "eval_iter", "checkpoints")
+
+
+def model_kind(name):
+    """"scratch" for the tiny model, "gpt2" for OpenAI's pretrained sizes.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    from ftlib.model import TINY_NAME
+
+    return "scratch" if name == TINY_NAME else "gpt2"
+
+
+def _check_values(config):
+    for name in POSITIVE:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in ("lr", "lora_alpha", "grad_clip"):
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if config.dataset not in ("bundled", "chapter"):
+        raise ConfigError(f"unknown dataset {config.dataset!r}; choose 'bundled' or 'chapter'")
+
+
+def resolve_config(config):
+    """A copy of `config` with the model's defaults filled in; raises ConfigError on
+    a bad value, an unknown model or a missing weights folder, before any work.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    from ftlib.batching import BATCHING_STRATEGIES
+    from ftlib.data import PROMPT_STYLES
+    from ftlib.model import get_config
+
+    _check_values(config)
+    cfg = get_config(config.model)  # ConfigError lists the known models
+    if config.batching not in BATCHING_STRATEGIES:
+        raise ConfigError(f"unknown batching {config.batching!r}; choose one of {BATCHING_STRATEGIES}")
+    if config.prompt_style not in PROMPT_STYLES:
+        raise ConfigError(f"unknown prompt style {config.prompt_style!r}; choose one of {PROMPT_STYLES}")
+    kind = model_kind(config.model)
+    if config.weights_dir is not None and kind == "gpt2" and not Path(config.weights_dir).is_dir():
+        raise ConfigError(f"--weights-dir {config.weights_dir}: no such folder")
+    filled = {key: value for key, value in MODEL_DEFAULTS[kind].items()
+              if getattr(config, key) is None}
+    resolved = dataclasses.replace(config, **filled, out=Path(config.out))
+    resolved.allowed_max_length = min(resolved.allowed_max_length, cfg["context_length"])
+    return resolved
+
+
+def load_data(config, log=print):
+    """(name, entries) of the run's data: `config.data`, the chapter's (downloaded), or bundled.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    from ftlib.data import (BUNDLED_DATA_PATH, CHAPTER_DATA_URL, download_and_load_file,
+                            load_instruction_data)
+
+    if config.data is not None:
+        return str(config.data), load_instruction_data(config.data)
+    if config.dataset == "chapter":
+        path = Path("data/downloads/instruction-data.json")
+        log(f"Chapter dataset: {CHAPTER_DATA_URL} -> {path}")
+        return "chapter", download_and_load_file(path, CHAPTER_DATA_URL)
+    return "bundled", load_instruction_data(BUNDLED_DATA_PATH)
+
+
+def split_for_training(config, data):
+    """The chapter's split (train, test, validation), the training part cut to
+    `config.max_train_entries`; ConfigError if it cannot fill one batch.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    from ftlib.data import split_data
+
+    train, test, val = split_data(data)
+    if config.max_train_entries is not None:
+        train = train[:config.max_train_entries]
+    if len(train) < config.batch_size:
+        raise ConfigError(f"only {len(train)} training entries for batch size {config.batch_size}")
+    return train, test, val
+
+
+def build_model(config, device="cpu", log=print):
+    """The run's GPTModel on `device`: the tiny model with random weights, or OpenAI's
+    pretrained GPT-2 (downloaded to `config.weights_dir`), with LoRA if asked.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    from ftlib.model import GPTModel, get_config
+
+    model = GPTModel(get_config(config.model))
+    if model_kind(config.model) == "gpt2":
+        from ftlib.weights import download_and_load_gpt2, load_weights_into_gpt
+
+        size = config.model.split(" ")[-1].strip("()")  # "gpt2-medium (355M)" -> "355M"
+        models_dir = config.weights_dir or Path("gpt2")
+        _, params = download_and_load_gpt2(model_size=size, models_dir=models_dir)
+        load_weights_into_gpt(model, params)
+        log(f"Loaded OpenAI's pretrained {config.model} from {models_dir}")
+    else:
+        log("Model: tiny GPT, random initial weights (trained from scratch here)")
+    if config.lora_rank is not None:
+        from ftlib.lora import add_lora
+
+        total = sum(p.numel() for p in model.parameters())
+        trainable = add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha)
+        log(f"LoRA rank {config.lora_rank}, alpha {config.lora_alpha:g}: {trainable:,} trainable "
+            f"parameters (the {total:,} of the model are frozen)")
+    return model.to(device)
+
+
+def make_loaders(config, train, val, tokenizer, device="cpu", rank=0, world_size=1):
+    """Training and validation loaders of entries, for the run's prompt style,
+    masking and batching (see `item_loaders`).
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    from ftlib.data import InstructionDataset
+
+    def items(entries):
+        dataset = InstructionDataset(entries, tokenizer, style=config.prompt_style)
+        return dataset.with_prompt_lengths() if config.mask_prompt else dataset
+
+    return item_loaders(config, items(train), items(val), device, rank, world_size)
+
+
+def item_loaders(config, train_items, val_items, device="cpu", rank=0, world_size=1):
+    """Training and validation loaders of tokenized items (`make_loader` with the
+    run's batch size, batching, seed and `allowed_max_length`).
+
+    With `world_size` > 1 the training loader yields process `rank`'s share of each
+    batch (the validation loader stays whole).
+
+    Introduced in: notebooks/08_faster_training.ipynb
+    """
+    from ftlib.batching import make_loader
+
+    settings = dict(batching=config.batching, seed=config.seed, device=device,
+                    allowed_max_length=config.allowed_max_length)
+    return (make_loader(train_items, config.batch_size, shuffle=True, rank=rank,
+                        world_size=world_size, **settings),
+            make_loader(val_items, config.batch_size, shuffle=False, **settings))
+
+
+def finetune(config=None, log=print):
+    """The main job: fine-tune, evaluate and write the run folder; returns the metrics.
+
+    >>> metrics = finetune(RunConfig(epochs=2, out="runs/short"))
+    >>> metrics["held_out_exact_match_after"]
+
+    Under torchrun (`torchrun --nproc_per_node N -m ftlib finetune ...`) each process
+    trains on its share of every batch and rank 0 returns the metrics (the others
+    None). `log=None` runs quietly.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    from ftlib.distributed import (cleanup_distributed, init_distributed, is_main_process,
+                                   launched_by_torchrun)
+
+    config = config or RunConfig()
+    log = log or _quiet
+    if not launched_by_torchrun():
+        return run_here(config, log)
+    device = init_distributed(config.device)
+    try:
+        return run_here(config, log if is_main_process() else _quiet, device)
+    finally:
+        cleanup_distributed()
+
+
+def _quiet(*args, **kwargs):
+    """The `log` of a quiet run, and of processes other than rank 0."""
+
+
+def run_here(config, log=print, device=None):
+    """`finetune` in this process (`device` is given under torchrun)."""
+    from ftlib import set_seed
+    from ftlib.device import get_device
+    from ftlib.distributed import is_main_process, main_process_first, rank, world_size
+    from ftlib.tokenizer import get_gpt2_tokenizer
+
+    n_proc = world_size()
+    # Rank 0 checks the settings and downloads first; the others then read what it
+    # fetched, or stop quietly if it failed.
+    with main_process_first():
+        config = resolve_config(config)
+        if config.batch_size % n_proc:
+            raise ConfigError(f"batch size {config.batch_size} cannot be shared evenly by {n_proc} "
+                              f"processes; choose a multiple of {n_proc} (--batch-size)")
+        if config.resume and not (config.out / "checkpoint.pt").is_file():
+            raise ConfigError(f"--resume: no checkpoint at {config.out / 'checkpoint.pt'}")
+        device = device or get_device(config.device)
+        dataset_name, data = load_data(config, log)
+        set_seed(config.seed)
+        train, test, val = split_for_training(config, data)
+        log(f"Data: {dataset_name}: {len(train)} train, {len(val)} validation, {len(test)} test entries")
+        tokenizer = get_gpt2_tokenizer()
+        model = build_model(config, device, log)
+    train_loader, val_loader = make_loaders(config, train, val, tokenizer, device, rank(), n_proc)
+    # whole batches, so rank 0 measures the training loss as one process would
+    eval_train_loader = make_loaders(config, train, val, tokenizer, device)[0] if n_proc > 1 else None
+    answer = _answerer(config, tokenizer, device, is_main_process())
+    with main_process_first():  # rank 0 generates; the others wait for it
+        before = answer(model, test)
+    start = time.perf_counter()
+    history = _train(config, model, train_loader, val_loader, eval_train_loader, device, log)
+    train_time = time.perf_counter() - start
+    with main_process_first():
+        if not is_main_process():
+            return None
+        after = answer(model, test)
+        return write_run_folder(config, model, before, after, history, train_time,
+                                {"dataset": dataset_name, "device": str(device), "n_train": len(train),
+                                 "n_val": len(val), "n_test": len(test), "world_size": n_proc}, log)
+
+
+def _answerer(config, tokenizer, device, main):
+    """A function (model, entries) -> the entries with the model's answers (None off rank 0)."""
+    from ftlib.responses import generate_responses
+
+    def answer(model, entries):
+        if not main:
+            return None
+        return generate_responses(model, entries, tokenizer, device, style=config.prompt_style,
+                                  max_new_tokens=config.max_new_tokens, progress=config.progress)
+    return answer
+
+
+def _train(config, model, train_loader, val_loader, eval_train_loader, device, log):
+    """Optimizer, schedule and precision from `config`, then `train_model`; returns its history."""
+    from ftlib.checkpoints import load_checkpoint
+    from ftlib.distributed import world_size
+    from ftlib.trainer import (autocast_dtype_for, enable_tf32, make_optimizer, train_model,
+                               warmup_cosine_schedule)
+
+    optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
+    mixed = device.type == "cuda" if config.mixed_precision is None else config.mixed_precision
+    enable_tf32(device, mixed)
+    total_steps = len(train_loader) * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = warmup_cosine_schedule(optimizer, total_steps) if config.warmup_cosine else None
+    checkpoint_path = config.out / "checkpoint.pt"
+    resume_state = None
+    if config.resume:
+        resume_state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, map_location=device)
+        log(f"Resuming after step {resume_state['step']}")
+    n_proc = world_size()
+    where = f"{n_proc} processes ({device.type})" if n_proc > 1 else str(device)
+    log(f"Fine-tuning {config.model} on {where}: {config.epochs} epochs, batch {config.batch_size}, "
+        f"lr {config.lr}, mask prompt {config.mask_prompt}")
+    return train_model(
+        model, train_loader, val_loader, optimizer, device, config.epochs,
+        eval_freq=max(1, total_steps // config.eval_points), eval_iter=config.eval_iter,
+        scheduler=scheduler, max_steps=config.max_steps, grad_clip=config.grad_clip,
+        progress=config.progress, checkpoint_path=checkpoint_path,
+        checkpoint_every=max(1, total_steps // config.checkpoints), resume_state=resume_state,
+        log=log, autocast_dtype=autocast_dtype_for(device, bf16=mixed),
+        eval_train_loader=eval_train_loader)
+
+
+def write_run_folder(config, model, before, after, history, train_time, facts, log=print):
+    """Write the run folder (responses, model, config, loss plot, metrics); return the metrics.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    from ftlib.fileio import atomic_write_json
+    from ftlib.modelfiles import save_model
+    from ftlib.responses import save_responses
+    from ftlib.scores import format_scores
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    for entry, old in zip(after, before):
+        entry["model_response_before"] = old["model_response"]
+    save_responses(after, config.out / "test-responses.json")
+    if history.train_losses:
+        save_loss_plot(config, history, config.out / "loss-plot.png")
+    if config.lora_rank is not None:
+        from ftlib.lora import merge_lora
+
+        merge_lora(model)  # model.pth is a plain GPTModel state_dict either way
+    save_model(model, config.out / "model.pth")
+    atomic_write_json(config.out / "config.json", run_config_json(config, model, facts))
+    metrics = run_metrics(config, before, after, history, train_time, facts)
+    atomic_write_json(config.out / "metrics.json", metrics)
+    log(format_scores(metrics["after"]))
+    log(f"Held-out exact match: {metrics['held_out_exact_match_before']:.1%} before, "
+        f"{metrics['held_out_exact_match_after']:.1%} after fine-tuning "
+        f"({train_time:.0f} s of training). Run folder: {config.out}")
+    return metrics
+
+
+def save_loss_plot(config, history, path):
+    """The loss curves of `history` as a PNG (not shown in Jupyter)."""
+    import matplotlib.pyplot as plt
+
+    from ftlib.train import plot_losses
+
+    last = max(1, history.tokens_seen[-1])
+    epochs_seen = [config.epochs * t / last for t in history.tokens_seen]
+    plt.close(plot_losses(epochs_seen, history.tokens_seen, history.train_losses,
+                          history.val_losses, path=path))
+
+
+def run_config_json(config, model, facts):
+    """config.json of a run folder: the settings, the GPTModel config, where it ran."""
+    settings = {key: (str(value) if isinstance(value, Path) else value)
+                for key, value in dataclasses.asdict(config).items()}
+    return {**settings, "model_config": model.cfg, "dataset": facts["dataset"],
+            "device": facts["device"], "world_size": facts["world_size"]}
+
+
+def run_metrics(config, before, after, history, train_time, facts):
+    """metrics.json of a run: held-out scores before and after, timings, the learning goal."""
+    from ftlib.scores import score_responses
+
+    scores_before, scores_after = score_responses(before), score_responses(after)
+    metrics = {
+        "model": config.model, **facts,
+        "steps": history.step + 1,
+        "train_time_s": round(train_time, 2),
+        "tokens_per_s": round(history.processed_tokens / max(train_time, 1e-9), 1),
+        "padding_fraction": round(history.padding_fraction, 4),
+        "final_train_loss": history.train_losses[-1] if history.train_losses else None,
+        "final_val_loss": history.val_losses[-1] if history.val_losses else None,
+        "held_out_exact_match_before": scores_before["overall"]["exact_match"],
+        "held_out_exact_match_after": scores_after["overall"]["exact_match"],
+        "before": scores_before,
+        "after": scores_after,
+    }
+    if model_kind(config.model) == "scratch" and facts["dataset"] == "bundled":
+        exact = scores_after["overall"]["exact_match"]
+        metrics["learning_goal"] = {"held_out_exact_match_at_least": LEARNING_GOAL,
+                                    "met": exact >= LEARNING_GOAL}
+    return metrics
