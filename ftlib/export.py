@@ -5,14 +5,13 @@
 `GPT2Tokenizer.from_pretrained("hf-model")`, offline, with the same logits as
 our model. This module writes the files itself; it never imports transformers.
 
-Two differences between the layouts matter:
-- Hugging Face's GPT-2 uses "Conv1D" layers whose weights are (in, out), the
-  transpose of nn.Linear's (out, in), and keeps query, key and value in one
-  (in, 3 * out) matrix `c_attn` (as OpenAI's checkpoints do, see ftlib/weights.py).
-- GPT-2 ties the output layer to the token embedding; GPTModel has a separate
-  `out_head`, which fine-tuning moves away from `tok_emb`. When the two differ
-  the export writes `lm_head.weight` and `tie_word_embeddings: false`, otherwise
-  transformers would silently reuse `wte` as the output layer.
+The tensors are renamed and reshaped by the one table of ftlib/gpt2_names.py
+(Hugging Face's linear layers are (in, out), with query, key and value in one).
+One difference needs care here: GPT-2 ties the output layer to the token
+embedding; GPTModel has a separate `out_head`, which fine-tuning moves away from
+`tok_emb`. When the two differ the export writes the head too and
+`tie_word_embeddings: false`, otherwise transformers would silently reuse the
+token embedding as the output layer.
 """
 
 import json
@@ -24,66 +23,31 @@ from pathlib import Path
 import torch
 
 from ftlib.errors import ConfigError, FtlibError
-from ftlib.lora import add_lora, has_lora, merge_lora
-from ftlib.model import GPTModel
+from ftlib.gpt2_names import gpt_to_params, params_to_hf_state_dict
+from ftlib.lora import has_lora
+from ftlib.modelfiles import load_run_model
 from ftlib.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, GPT2_N_VOCAB, bundled_gpt2_files
 
 # A file in every export folder: it marks the folder as ours, so a later export may
 # replace it, while any other non-empty folder is never overwritten.
 EXPORT_MARKER = "ftlib-export.json"
-MODEL_CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
-                     "drop_rate", "qkv_bias")
-
-
-def _t(tensor):
-    """A detached, contiguous CPU tensor with its own storage (safetensors refuses shared ones)."""
-    return tensor.detach().to("cpu").contiguous().clone()
 
 
 def gpt_to_hf_state_dict(model):
-    """GPTModel -> a state dict in `GPT2LMHeadModel`'s layout (torch tensors).
+    """GPTModel -> a state dict in `GPT2LMHeadModel`'s layout (CPU torch tensors).
 
-    Keys `transformer.wte.weight`, `transformer.h.{i}.attn.c_attn.weight` (in, 3*out),
-    ... as `save_pretrained` writes them. A model without query/key/value biases
-    (qkv_bias False) gets zero biases: Hugging Face's c_attn always has one.
-    `lm_head.weight` is included only when `out_head` differs from `tok_emb`
-    (see `ties_embeddings`). A model with LoRA layers must be merged first.
+    Keys as `save_pretrained` writes them (the table of ftlib/gpt2_names.py). A
+    model without query/key/value biases (qkv_bias False) gets zero biases: Hugging
+    Face's GPT-2 always has them. `lm_head.weight` is included only when `out_head`
+    differs from `tok_emb` (see `ties_embeddings`). A model with LoRA layers must be
+    merged first.
 
     Introduced in: notebooks/07_evaluation.ipynb
     """
     if has_lora(model):
         raise ConfigError("the model has LoRA layers: call merge_lora(model) before exporting")
-
-    def bias(layer):
-        return layer.bias if layer.bias is not None else torch.zeros(
-            layer.out_features, dtype=layer.weight.dtype, device=layer.weight.device)
-
-    state = {
-        "transformer.wte.weight": _t(model.tok_emb.weight),  # (vocab, d)
-        "transformer.wpe.weight": _t(model.pos_emb.weight),  # (context, d)
-    }
-    for i, block in enumerate(model.trf_blocks):
-        h = f"transformer.h.{i}"
-        att, ff = block.att, block.ff
-        qkv = (att.W_query, att.W_key, att.W_value)
-        state[f"{h}.ln_1.weight"] = _t(block.norm1.scale)
-        state[f"{h}.ln_1.bias"] = _t(block.norm1.shift)
-        # nn.Linear's (out, in) -> Conv1D's (in, out); q, k, v side by side: (d, 3d)
-        state[f"{h}.attn.c_attn.weight"] = _t(torch.cat([l.weight.T for l in qkv], dim=1))
-        state[f"{h}.attn.c_attn.bias"] = _t(torch.cat([bias(l) for l in qkv]))  # (3d,)
-        state[f"{h}.attn.c_proj.weight"] = _t(att.out_proj.weight.T)
-        state[f"{h}.attn.c_proj.bias"] = _t(bias(att.out_proj))
-        state[f"{h}.ln_2.weight"] = _t(block.norm2.scale)
-        state[f"{h}.ln_2.bias"] = _t(block.norm2.shift)
-        state[f"{h}.mlp.c_fc.weight"] = _t(ff.layers[0].weight.T)    # (d, 4d)
-        state[f"{h}.mlp.c_fc.bias"] = _t(bias(ff.layers[0]))
-        state[f"{h}.mlp.c_proj.weight"] = _t(ff.layers[2].weight.T)  # (4d, d)
-        state[f"{h}.mlp.c_proj.bias"] = _t(bias(ff.layers[2]))
-    state["transformer.ln_f.weight"] = _t(model.final_norm.scale)
-    state["transformer.ln_f.bias"] = _t(model.final_norm.shift)
-    if not ties_embeddings(model):
-        state["lm_head.weight"] = _t(model.out_head.weight)  # (vocab, d), its own copy
-    return state
+    out_head = None if ties_embeddings(model) else model.out_head.weight  # (vocab, d)
+    return params_to_hf_state_dict(gpt_to_params(model), out_head=out_head)
 
 
 def ties_embeddings(model):
@@ -250,76 +214,6 @@ def _replace_dir(new, target):
         os.replace(old, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_run_config(run_dir):
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FtlibError(f"{path} not found: is {run_dir} a run folder of `python -m ftlib finetune`?")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise FtlibError(f"{path} is not readable JSON: {exc}") from exc
-    cfg = config.get("model_config") if isinstance(config, dict) else None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"{path}: the field 'model_config' (the GPTModel config dict) is missing")
-    missing = [key for key in MODEL_CONFIG_KEYS if key not in cfg]
-    if missing:
-        raise ConfigError(f"{path}: 'model_config' lacks {', '.join(missing)}")
-    return config
-
-
-def load_run_model(run_dir):
-    """The fine-tuned GPTModel of a run folder (config.json + model.pth), on the CPU, in eval mode.
-
-    A model.pth saved with LoRA layers (keys `...lora.A`) is rebuilt with the rank
-    and alpha of config.json's "lora_rank" and "lora_alpha", loaded, and merged,
-    so the result is always a plain GPTModel. Returns (model, run_config).
-
-    Introduced in: notebooks/07_evaluation.ipynb
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FtlibError(f"run folder {run_dir} not found")
-    config = _read_run_config(run_dir)
-    weights = run_dir / "model.pth"
-    if not weights.is_file():
-        raise FtlibError(f"{weights} not found: the run did not finish saving its model")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated zip, a pickle of something else, ...
-        raise FtlibError(f"{weights} is not a readable PyTorch state_dict: {exc}") from exc
-    if not isinstance(state, dict):
-        raise FtlibError(f"{weights} holds a {type(state).__name__}, not a state_dict")
-    # A model saved after torch.compile has every key prefixed "_orig_mod.".
-    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
-
-    model = GPTModel(config["model_config"])
-    lora_keys = [k for k in state if k.endswith(".lora.A")]
-    if lora_keys:
-        rank, alpha = _lora_settings(config, state[lora_keys[0]], run_dir / "config.json")
-        add_lora(model, rank, alpha)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ConfigError(
-            f"{weights} does not fit the model_config of {run_dir / 'config.json'}: {exc}") from exc
-    if lora_keys:
-        merge_lora(model)
-    model.eval()
-    return model, config
-
-
-def _lora_settings(config, a_matrix, path):
-    """(rank, alpha) for a LoRA state dict; rank is also read off A's shape (in, rank)."""
-    rank = int(a_matrix.shape[1])
-    if config.get("lora_rank") not in (None, rank):
-        raise ConfigError(f"{path}: lora_rank is {config['lora_rank']}, but model.pth has rank {rank}")
-    if not isinstance(config.get("lora_alpha"), (int, float)):
-        raise ConfigError(
-            f"{path}: model.pth has LoRA layers but the field 'lora_alpha' is missing; "
-            "it is needed to merge them")
-    return rank, config["lora_alpha"]
 
 
 def export_hf(run_dir, out_dir):

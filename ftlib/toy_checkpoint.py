@@ -6,11 +6,9 @@ no internet: the files have exactly the names, shapes and format of the real one
 only with a tiny model inside.
 
 OpenAI's layout (see `model()` in OpenAI's gpt-2 repository, src/model.py): one
-folder per size with seven files; variables are named `model/wte` (n_vocab, d),
-`model/wpe` (n_ctx, d), `model/h{i}/{ln_1,ln_2}/{g,b}` (d,),
-`model/h{i}/attn/c_attn/w` (1, d, 3d) and `/b` (3d,), `model/h{i}/attn/c_proj/w`
-(1, d, d), `model/h{i}/mlp/c_fc/w` (1, d, 4d), `model/h{i}/mlp/c_proj/w` (1, 4d, d),
-and `model/ln_f/{g,b}`. The weights of its "conv1d" layers are (1, in, out).
+folder per size with seven files; the variables are named as in the table of
+ftlib/gpt2_names.py, under the scope "model/", and the weights of its "conv1d"
+layers are stored as (1, in, out).
 """
 
 import json
@@ -20,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ftlib.gpt2_names import (OPENAI_SCOPE, TIED, TRANSPOSE, get_param, gpt2_rows, gpt_to_params,
+                              params_to_hf_state_dict)
 from ftlib.model import GPTModel
 from ftlib.tokenizer import bundled_gpt2_files
 from ftlib.weights import import_tensorflow_quietly
@@ -48,58 +48,14 @@ def _numpy(x):
     return np.array(x, dtype=np.float32)
 
 
-def gpt_to_params(model):
-    """The inverse of `load_weights_into_gpt`: GPTModel -> OpenAI-layout `params` dict.
-
-    Weights come out as (in, out) numpy arrays with query, key and value joined
-    into c_attn. A model without qkv biases gets zero biases. `out_head` is not
-    exported: GPT-2 ties it to the token embedding `wte`.
-
-    Introduced in: notebooks/05_loading_gpt2.ipynb
-    """
-    def linear(layer):
-        bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
-        return {"w": _numpy(layer.weight).T.copy(), "b": _numpy(bias)}
-
-    def norm(layer):
-        return {"g": _numpy(layer.scale), "b": _numpy(layer.shift)}
-
-    blocks = []
-    for block in model.trf_blocks:
-        qkv = [linear(block.att.W_query), linear(block.att.W_key), linear(block.att.W_value)]
-        blocks.append({
-            "attn": {
-                "c_attn": {  # (d, 3d) and (3d,): query, key, value side by side
-                    "w": np.concatenate([p["w"] for p in qkv], axis=1),
-                    "b": np.concatenate([p["b"] for p in qkv]),
-                },
-                "c_proj": linear(block.att.out_proj),
-            },
-            "mlp": {"c_fc": linear(block.ff.layers[0]), "c_proj": linear(block.ff.layers[2])},
-            "ln_1": norm(block.norm1),
-            "ln_2": norm(block.norm2),
-        })
-    return {
-        "wte": _numpy(model.tok_emb.weight),
-        "wpe": _numpy(model.pos_emb.weight),
-        "blocks": blocks,
-        **norm(model.final_norm),
-    }
-
-
 def _openai_variables(params):
-    """Flatten `params` into OpenAI's variable names and shapes (conv1d w: (1, in, out))."""
-    variables = {"model/wte": params["wte"], "model/wpe": params["wpe"]}
-    for i, block in enumerate(params["blocks"]):
-        for group in ("attn", "mlp"):
-            for layer, wb in block[group].items():
-                variables[f"model/h{i}/{group}/{layer}/w"] = wb["w"][None]  # (1, in, out)
-                variables[f"model/h{i}/{group}/{layer}/b"] = wb["b"]
-        for ln in ("ln_1", "ln_2"):
-            variables[f"model/h{i}/{ln}/g"] = block[ln]["g"]
-            variables[f"model/h{i}/{ln}/b"] = block[ln]["b"]
-    variables["model/ln_f/g"] = params["g"]
-    variables["model/ln_f/b"] = params["b"]
+    """`params` as OpenAI's checkpoint variables: {OpenAI's name: float32 array}."""
+    variables = {}
+    for row in gpt2_rows(len(params["blocks"])):
+        if row.how != TIED:  # no output layer: GPT-2 reuses the token embedding
+            value = _numpy(get_param(params, row.openai))
+            # conv1d weights (the transposed ones) keep a leading axis: (1, in, out)
+            variables[OPENAI_SCOPE + row.openai] = value[None] if row.how == TRANSPOSE else value
     return variables
 
 
@@ -127,7 +83,7 @@ def write_openai_checkpoint(out_dir, cfg=TOY_CONFIG, seed=123, model=None, param
         cfg, params = model.cfg, gpt_to_params(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    variables = {name: _numpy(value) for name, value in _openai_variables(params).items()}
+    variables = _openai_variables(params)
 
     v1 = tf.compat.v1
     # A private graph keeps these variables out of TensorFlow's global state.
@@ -162,22 +118,6 @@ def write_openai_checkpoint(out_dir, cfg=TOY_CONFIG, seed=123, model=None, param
     return out_dir
 
 
-def _hf_state_dict(params):
-    """`params` as Hugging Face GPT-2 keys (`h.0.attn.c_attn.weight`, Conv1D (in, out))."""
-    state = {"wte.weight": params["wte"], "wpe.weight": params["wpe"]}
-    for i, block in enumerate(params["blocks"]):
-        for group in ("attn", "mlp"):
-            for layer, wb in block[group].items():
-                state[f"h.{i}.{group}.{layer}.weight"] = wb["w"]
-                state[f"h.{i}.{group}.{layer}.bias"] = wb["b"]
-        for ln in ("ln_1", "ln_2"):
-            state[f"h.{i}.{ln}.weight"] = block[ln]["g"]
-            state[f"h.{i}.{ln}.bias"] = block[ln]["b"]
-    state["ln_f.weight"] = params["g"]
-    state["ln_f.bias"] = params["b"]
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
-
-
 def write_hf_safetensors(out_path, model):
     """Write `model`'s weights as Hugging Face's GPT-2 `model.safetensors` (no lm_head: tied).
 
@@ -187,5 +127,7 @@ def write_hf_safetensors(out_path, model):
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(_hf_state_dict(gpt_to_params(model)), str(out_path), metadata={"format": "pt"})
+    # Without "transformer." in the keys, as in openai-community/gpt2's file.
+    state = params_to_hf_state_dict(gpt_to_params(model), scoped=False)
+    save_file(state, str(out_path), metadata={"format": "pt"})
     return out_path

@@ -7,9 +7,8 @@ Two sources give the same numbers:
   read without TensorFlow into the same `params` dict.
 
 `load_weights_into_gpt(model, params)` then copies `params` onto the book's
-parameter names. Both sources store each linear layer's weight as (in, out), the
-transpose of `nn.Linear.weight` (out, in), and keep query, key and value in one
-(in, 3 * out) matrix, `c_attn`.
+parameter names. Which of their tensors goes to which of ours, and how (transposed,
+query/key/value split), is the one table of ftlib/gpt2_names.py.
 """
 
 import json
@@ -21,6 +20,8 @@ import torch
 
 from ftlib.download import download_first_available
 from ftlib.errors import ConfigError, DownloadError
+from ftlib.gpt2_names import (OPENAI_SCOPE, get_ours, get_param, gpt2_rows, hf_state_dict_to_params,
+                              set_param, to_ours)
 
 GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 # The book's mirror of the same files, for when OpenAI's storage is unreachable.
@@ -151,12 +152,10 @@ def download_and_load_gpt2(model_size, models_dir, base_url=None, progress=True,
 
 
 def load_gpt2_params_from_tf_ckpt(ckpt_path, settings):
-    """Read every variable of an OpenAI GPT-2 checkpoint into a nested dict.
+    """Read every variable of an OpenAI GPT-2 checkpoint into the nested dict `params`.
 
-    OpenAI's names look like `model/h3/attn/c_attn/w` (shape (1, d, 3d)); the result is
-    `{"wte", "wpe", "g", "b", "blocks": [{"attn": {"c_attn": {"w", "b"}, "c_proj": ...},
-    "mlp": {"c_fc", "c_proj"}, "ln_1": {"g", "b"}, "ln_2": ...}, ...]}` with the
-    size-1 axes squeezed away: (1, d, 3d) -> (d, 3d).
+    OpenAI's variable names become paths in `params` (see ftlib/gpt2_names.py), and
+    the size-1 axes are squeezed away: a conv1d weight (1, in, out) -> (in, out).
 
     Introduced in: notebooks/05_loading_gpt2.ipynb
     """
@@ -164,19 +163,7 @@ def load_gpt2_params_from_tf_ckpt(ckpt_path, settings):
     params = {"blocks": [{} for _ in range(settings["n_layer"])]}
     for name, _ in tf.train.list_variables(ckpt_path):
         array = np.squeeze(tf.train.load_variable(ckpt_path, name))
-        parts = name.split("/")[1:]  # drop the leading "model/" scope
-
-        target = params
-        if parts[0].startswith("h"):  # "h3" -> the fourth transformer block
-            layer = int(parts[0][1:])
-            if layer >= settings["n_layer"]:
-                raise ValueError(f"{name} is past n_layer={settings['n_layer']} of hparams.json")
-            target = params["blocks"][layer]
-        # parts[0] ("h3", or "ln_f" for the final norm, whose g and b go to the top
-        # level) is done; the parts between it and the last are nested dicts.
-        for key in parts[1:-1]:
-            target = target.setdefault(key, {})
-        target[parts[-1]] = array
+        set_param(params, name.removeprefix(OPENAI_SCOPE), array)
     return params
 
 
@@ -191,7 +178,7 @@ def config_from_settings(settings, base=None):
     cfg.update(
         vocab_size=settings["n_vocab"], context_length=settings["n_ctx"],
         emb_dim=settings["n_embd"], n_heads=settings["n_head"], n_layers=settings["n_layer"],
-        qkv_bias=True,  # OpenAI's c_attn has a bias for query, key and value
+        qkv_bias=True,  # OpenAI's GPT-2 has biases for query, key and value
     )
     return cfg
 
@@ -222,18 +209,12 @@ def assign(left, right, name):
     return left
 
 
-def _split3(array, name):
-    """Split c_attn's last axis into query, key and value: (..., 3d) -> 3 x (..., d)."""
-    if array.shape[-1] % 3:
-        raise ConfigError(f"{name}: last axis {array.shape[-1]} is not divisible by 3")
-    return torch.chunk(torch.as_tensor(array), 3, dim=-1)
-
-
 def load_weights_into_gpt(model, params):
     """Copy GPT-2 `params` (from `download_and_load_gpt2` or safetensors) into `model`.
 
-    Linear weights are transposed from (in, out) to PyTorch's (out, in); c_attn is
-    split into W_query, W_key and W_value; the output head gets a copy of the token
+    One row of ftlib/gpt2_names.py's table at a time: linear weights are transposed
+    from (in, out) to PyTorch's (out, in); the joined query/key/value layer is split
+    into W_query, W_key and W_value; the output head gets a copy of the token
     embedding (GPT-2 ties the two). A missing entry or a shape that does not fit the
     model's config raises ConfigError naming the tensor.
 
@@ -245,82 +226,14 @@ def load_weights_into_gpt(model, params):
             f"the pretrained weights have {n_blocks} transformer blocks, the model has "
             f"{len(model.trf_blocks)} (n_layers); does the config match the checkpoint's size?"
         )
-    try:
-        assign(model.pos_emb.weight, params["wpe"], "pos_emb.weight")
-        assign(model.tok_emb.weight, params["wte"], "tok_emb.weight")
-
-        for b, block in enumerate(params["blocks"]):
-            att = model.trf_blocks[b].att
-            ff = model.trf_blocks[b].ff
-            prefix = f"trf_blocks.{b}"
-
-            q_w, k_w, v_w = _split3(block["attn"]["c_attn"]["w"], f"blocks.{b}.attn.c_attn.w")
-            assign(att.W_query.weight, q_w.T, f"{prefix}.att.W_query.weight")
-            assign(att.W_key.weight, k_w.T, f"{prefix}.att.W_key.weight")
-            assign(att.W_value.weight, v_w.T, f"{prefix}.att.W_value.weight")
-            q_b, k_b, v_b = _split3(block["attn"]["c_attn"]["b"], f"blocks.{b}.attn.c_attn.b")
-            assign(att.W_query.bias, q_b, f"{prefix}.att.W_query.bias")
-            assign(att.W_key.bias, k_b, f"{prefix}.att.W_key.bias")
-            assign(att.W_value.bias, v_b, f"{prefix}.att.W_value.bias")
-
-            c_proj = block["attn"]["c_proj"]
-            assign(att.out_proj.weight, torch.as_tensor(c_proj["w"]).T, f"{prefix}.att.out_proj.weight")
-            assign(att.out_proj.bias, c_proj["b"], f"{prefix}.att.out_proj.bias")
-
-            c_fc, mlp_proj = block["mlp"]["c_fc"], block["mlp"]["c_proj"]
-            assign(ff.layers[0].weight, torch.as_tensor(c_fc["w"]).T, f"{prefix}.ff.layers.0.weight")
-            assign(ff.layers[0].bias, c_fc["b"], f"{prefix}.ff.layers.0.bias")
-            assign(ff.layers[2].weight, torch.as_tensor(mlp_proj["w"]).T, f"{prefix}.ff.layers.2.weight")
-            assign(ff.layers[2].bias, mlp_proj["b"], f"{prefix}.ff.layers.2.bias")
-
-            norm1, norm2 = model.trf_blocks[b].norm1, model.trf_blocks[b].norm2
-            assign(norm1.scale, block["ln_1"]["g"], f"{prefix}.norm1.scale")
-            assign(norm1.shift, block["ln_1"]["b"], f"{prefix}.norm1.shift")
-            assign(norm2.scale, block["ln_2"]["g"], f"{prefix}.norm2.scale")
-            assign(norm2.shift, block["ln_2"]["b"], f"{prefix}.norm2.shift")
-
-        assign(model.final_norm.scale, params["g"], "final_norm.scale")
-        assign(model.final_norm.shift, params["b"], "final_norm.shift")
-        # GPT-2 reuses the token embedding as the output layer ("weight tying").
-        assign(model.out_head.weight, params["wte"], "out_head.weight")
-    except KeyError as exc:
-        raise ConfigError(f"the pretrained weights lack the entry {exc.args[0]!r}") from exc
+    for row in gpt2_rows(n_blocks):
+        try:
+            array = get_param(params, row.openai)
+        except KeyError:
+            raise ConfigError(f"the pretrained weights lack the entry {row.openai!r}") from None
+        for name, tensor in zip(row.ours, to_ours(row, array)):
+            assign(get_ours(model, name), tensor, name)
     return model
-
-
-def hf_state_dict_to_params(state_dict):
-    """Turn a Hugging Face GPT-2 state dict into the `params` dict of OpenAI's layout.
-
-    Keys look like `h.0.attn.c_attn.weight` (optionally prefixed `transformer.`);
-    Hugging Face's Conv1D stores weights as (in, out), as OpenAI does, so no transpose
-    is needed here. `lm_head.weight` (a copy of `wte`) and the attention-mask buffers
-    `h.N.attn.bias` / `h.N.attn.masked_bias` of older files are skipped.
-
-    Introduced in: notebooks/05_loading_gpt2.ipynb
-    """
-    names = {"weight": "w", "bias": "b"}        # linear layers
-    norm_names = {"weight": "g", "bias": "b"}  # layer norms
-    params = {}
-    blocks = {}
-    for key, tensor in state_dict.items():
-        parts = key.removeprefix("transformer.").split(".")
-        if parts[0] in ("wte", "wpe") and parts[1:] == ["weight"]:
-            params[parts[0]] = tensor
-        elif parts[0] == "ln_f":
-            params[norm_names[parts[1]]] = tensor
-        elif parts[0] == "h":
-            block = blocks.setdefault(int(parts[1]), {})
-            rest = parts[2:]  # e.g. ["attn", "c_attn", "weight"] or ["ln_1", "bias"]
-            if rest[0].startswith("ln_"):
-                block.setdefault(rest[0], {})[norm_names[rest[1]]] = tensor
-            elif len(rest) == 3:  # attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj
-                block.setdefault(rest[0], {}).setdefault(rest[1], {})[names[rest[2]]] = tensor
-            # else: attn.bias / attn.masked_bias, the causal-mask buffers: not weights
-        # else: lm_head.weight (tied to wte) or something not part of GPT-2
-    params["blocks"] = [blocks[i] for i in sorted(blocks)]
-    if sorted(blocks) != list(range(len(blocks))):
-        raise ConfigError(f"the safetensors file has blocks {sorted(blocks)}: some are missing")
-    return params
 
 
 def load_hf_safetensors_into_gpt(model, path):

@@ -6,6 +6,16 @@ import random
 RUN_FILES = {"config.json", "loss-plot.png", "test-responses.json", "metrics.json",
              "model.pth", "checkpoint.pt"}
 
+# Four entries with the model's responses: two of task family "A", one of "B", one
+# without a task; their offline scores are worked out by hand in test_scores.py.
+SCORED_ENTRIES = [
+    {"instruction": "i", "input": "", "output": "Paris", "model_response": "Paris", "task": "A"},
+    {"instruction": "i", "input": "", "output": "Paris", "model_response": "paris.", "task": "A"},
+    {"instruction": "i", "input": "", "output": "the cat is on the mat",
+     "model_response": "the cat sat on the mat", "task": "B"},
+    {"instruction": "i", "input": "", "output": "y", "model_response": "x"},  # no task
+]
+
 
 def toy_items(n, seed=0, prompt_lengths=(4, 9), response_lengths=(2, 5)):
     """`n` synthetic (token_ids, prompt_length) items: prompts of ids 100-199 and

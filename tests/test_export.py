@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from ftlib.errors import ConfigError, FtlibError
-from ftlib.export import (EXPORT_MARKER, export_hf, gpt_to_hf_state_dict, load_run_model,
-                          main_export)
+from ftlib.export import EXPORT_MARKER, export_hf, gpt_to_hf_state_dict, main_export
 from ftlib.generate import generate
 from ftlib.lora import add_lora
 from ftlib.model import GPTModel, TINY_CONFIG
+from ftlib.modelfiles import load_run_model
 from ftlib.tokenizer import get_gpt2_tokenizer
 from ftlib.toy_checkpoint import TOY_CONFIG
 

@@ -11,15 +11,10 @@ import pytest
 import torch
 
 from ftlib.errors import ConfigError, DownloadError
+from ftlib.gpt2_names import gpt_to_params, hf_state_dict_to_params
 from ftlib.model import GPTModel
 from ftlib.serve import serve_directory
-from ftlib.toy_checkpoint import (
-    TOY_CONFIG,
-    TOY_SIZE,
-    gpt_to_params,
-    write_hf_safetensors,
-    write_openai_checkpoint,
-)
+from ftlib.toy_checkpoint import TOY_CONFIG, TOY_SIZE, write_hf_safetensors, write_openai_checkpoint
 from ftlib.weights import (
     ALLOWED_SIZES,
     GPT2_BACKUP_URL,
@@ -27,7 +22,6 @@ from ftlib.weights import (
     GPT2_URL,
     config_from_settings,
     download_and_load_gpt2,
-    hf_state_dict_to_params,
     load_hf_safetensors_into_gpt,
     load_weights_into_gpt,
 )

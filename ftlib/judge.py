@@ -1,0 +1,208 @@
+"""The chapter's LLM judge: a larger model, served by Ollama, scores each response 0-100.
+
+`generate_model_scores` asks the judge (Llama 3 by default) about every entry with
+the chapter's prompt (`judge_prompt`) and keeps the replies that are a score. It
+needs Ollama running (`ollama serve`) with the judge model pulled; the requests go
+to Ollama's HTTP API with the standard library alone.
+"""
+
+import json
+import re
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from tqdm.auto import tqdm
+
+from ftlib.data import format_input
+from ftlib.errors import ConfigError, DataError, FtlibError
+
+OLLAMA_URL = "http://localhost:11434/api/chat"
+JUDGE_MODEL = "llama3"  # the chapter's judge: Llama 3 8B Instruct, via Ollama
+# The chapter's options: a fixed seed and temperature 0 make the judge repeatable;
+# 2048 tokens of context hold the prompt, the reference and the response.
+JUDGE_OPTIONS = {"seed": 123, "temperature": 0, "num_ctx": 2048}
+
+
+def _start_ollama_hint(url, model):
+    return (
+        f"Nothing answers at {url}. The LLM judge needs Ollama (https://ollama.com): "
+        f"start it in a terminal with `ollama serve`, download the judge model once with "
+        f"`ollama pull {model}`, then run this again."
+    )
+
+
+def _ollama_error_text(body):
+    """Ollama's own error message from an error reply's body, else the body itself."""
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        return str(json.loads(text)["error"])
+    except (ValueError, KeyError, TypeError):
+        return text or "(no message)"
+
+
+def query_model(prompt, model=JUDGE_MODEL, url=OLLAMA_URL, timeout=300):
+    """Send `prompt` to a model served by Ollama's chat API and return its reply text.
+
+    The request is the chapter's: one user message, with options seed 123,
+    temperature 0 and num_ctx 2048. Ollama streams its answer as JSON lines, each
+    with a piece of `message.content`, the last with `"done": true`; the pieces
+    are joined. `timeout` is in seconds per network read (the first reply can take
+    a while, as Ollama loads the model).
+
+    Raises `FtlibError` if nothing listens at `url` (the message says how to start
+    Ollama) and, for an HTTP error such as an unknown model, with Ollama's message.
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+            "options": dict(JUDGE_OPTIONS)}
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode("utf-8"),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    pieces = []
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            for line in response:  # one JSON object per line
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    message = json.loads(line)
+                except ValueError as exc:
+                    raise FtlibError(
+                        f"the reply from {url} is not Ollama's JSON lines: {line[:200]!r}"
+                    ) from exc
+                if "error" in message:
+                    raise FtlibError(f"Ollama at {url} reported an error: {message['error']}")
+                pieces.append((message.get("message") or {}).get("content", ""))
+                if message.get("done"):
+                    break
+    except urllib.error.HTTPError as exc:
+        error = _ollama_error_text(exc.read())
+        hint = f" (download it with `ollama pull {model}`)" if exc.code == 404 else ""
+        raise FtlibError(
+            f"Ollama at {url} answered HTTP {exc.code} for model {model!r}: {error}{hint}"
+        ) from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, (ConnectionRefusedError, socket.gaierror)):
+            raise FtlibError(_start_ollama_hint(url, model)) from exc
+        raise FtlibError(f"cannot reach Ollama at {url}: {exc.reason}. "
+                         + _start_ollama_hint(url, model)) from exc
+    except (TimeoutError, socket.timeout) as exc:
+        raise FtlibError(
+            f"Ollama at {url} did not answer within {timeout} s; a first request loads "
+            "the model and can be slow: try again, or pass a larger timeout"
+        ) from exc
+    except ConnectionError as exc:
+        raise FtlibError(f"the connection to Ollama at {url} broke: {exc}") from exc
+    return "".join(pieces)
+
+
+def _host_port(url):
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.hostname:
+        raise ConfigError(
+            f"expected Ollama's URL, like {OLLAMA_URL!r}, got {url!r} (the book passes the "
+            "process name 'ollama'; ftlib checks the server's port instead)"
+        )
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def check_if_running(url=OLLAMA_URL, timeout=1.0):
+    """True if a server accepts connections at `url`'s host and port (Ollama's, by default).
+
+    The book looks for an "ollama" process with psutil; checking the port needs no
+    extra package and also works when Ollama runs on another machine or in a container.
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    host, port = _host_port(url)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def judge_prompt(entry, response):
+    """The chapter's prompt asking the judge to score `response` for `entry` from 0 to 100.
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    return (
+        f"Given the input `{format_input(entry)}` "
+        f"and correct output `{entry['output']}`, "
+        f"score the model response `{response}`"
+        f" on a scale from 0 to 100, where 100 is the best score. "
+        f"Respond with the integer number only."
+    )
+
+
+def parse_score(reply):
+    """The judge's score as an int if `reply` is an integer from 0 to 100 (after strip), else None.
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    text = reply.strip()
+    if re.fullmatch(r"\d{1,3}", text) and int(text) <= 100:
+        return int(text)
+    return None
+
+
+def generate_model_scores(entries, json_key="model_response", model=JUDGE_MODEL, url=OLLAMA_URL,
+                          progress=True, timeout=300):
+    """Ask the judge to score every entry's `json_key` response; the chapter's loop.
+
+    Returns `(scores, invalid)`: `scores` is a list of ints from 0 to 100, one per
+    entry whose reply was such a number; `invalid` lists `(index, reply)` for the
+    others (the judge wrote words, or a number out of range). Nothing is dropped
+    silently: `format_judge_summary` reports both.
+
+    Every entry is checked for `json_key` and "output" before the first request.
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    entries = list(entries)
+    for i, entry in enumerate(entries):
+        for key in (json_key, "output"):
+            if key not in entry:
+                raise DataError(f"entry {i} has no field {key!r} for the judge to score")
+    scores, invalid = [], []
+    for i, entry in enumerate(tqdm(entries, desc="Scoring entries", disable=not progress)):
+        reply = query_model(judge_prompt(entry, entry[json_key]), model=model, url=url,
+                            timeout=timeout)
+        score = parse_score(reply)
+        if score is None:
+            invalid.append((i, reply))
+        else:
+            scores.append(score)
+    return scores, invalid
+
+
+def format_judge_summary(scores, invalid, total=None, show_invalid=5):
+    """The judge's results as text: counts, the average, and the replies that were not scores.
+
+        Number of scores: 108 of 110
+        Average score: 50.32
+        Replies that were not a score: 2
+          entry 17: 'The model response is ...'
+
+    `total` defaults to `len(scores) + len(invalid)`; at most `show_invalid`
+    invalid replies are quoted (shortened to 60 characters).
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    total = len(scores) + len(invalid) if total is None else total
+    average = f"{sum(scores) / len(scores):.2f}" if scores else "n/a (no valid scores)"
+    lines = [f"Number of scores: {len(scores)} of {total}",
+             f"Average score: {average}",
+             f"Replies that were not a score: {len(invalid)}"]
+    for index, reply in invalid[:show_invalid]:
+        short = reply if len(reply) <= 60 else reply[:57] + "..."
+        lines.append(f"  entry {index}: {short!r}")
+    if len(invalid) > show_invalid:
+        lines.append(f"  ... and {len(invalid) - show_invalid} more")
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""Model files: save and load a model's weights, and a run folder's model.
+
+Every PyTorch file ftlib reads goes through `read_torch_file`: only tensors and
+plain containers are read, never code (`torch.load(..., weights_only=True)`), and a
+file that is missing, unreadable or not a dict stops with one message naming it.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ftlib.errors import ConfigError, FtlibError
+from ftlib.fileio import atomic_path
+from ftlib.lora import add_lora, merge_lora
+from ftlib.model import GPTModel
+
+# The keys a run folder's config.json must give in "model_config" to rebuild its GPTModel.
+MODEL_CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
+                     "drop_rate", "qkv_bias")
+
+
+def read_torch_file(path, what="PyTorch state_dict", map_location="cpu", missing_hint=None):
+    """The dict saved in the PyTorch file `path` (`torch.load(..., weights_only=True)`).
+
+    `what` names what the file should hold ("PyTorch state_dict", "ftlib checkpoint")
+    in the error messages, which all start with the file's path:
+
+        runs/latest/model.pth not found: the run did not finish saving its model
+        runs/latest/model.pth is not a readable PyTorch state_dict (...)
+        runs/latest/model.pth holds a list, not a PyTorch state_dict
+
+    `missing_hint` (optional) says why a missing file may be missing.
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FtlibError(f"{path} not found" + (f": {missing_hint}" if missing_hint else ""))
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a truncated zip, a pickle of something else: the errors vary
+        lines = str(exc).strip().splitlines()
+        raise FtlibError(f"{path} is not a readable {what} "
+                         f"({lines[0] if lines else type(exc).__name__})") from exc
+    if not isinstance(obj, dict):
+        raise FtlibError(f"{path} holds a {type(obj).__name__}, not a {what}")
+    return obj
+
+
+def sft_file_name(model_name):
+    """The book's file name for a fine-tuned model.
+
+    >>> sft_file_name("gpt2-medium (355M)")
+    'gpt2-medium355M-sft.pth'
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    return re.sub(r"[ ()]", "", model_name) + "-sft.pth"
+
+
+def save_model(model, path):
+    """Save `model.state_dict()` to `path` with `torch.save`, atomically.
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def load_model_state(model, path, map_location=None):
+    """Load a state dict saved by `save_model` into `model`; return `model`.
+
+    `map_location` defaults to the device of the model's parameters. A missing or
+    unreadable file raises an `FtlibError` naming it (`read_torch_file`); a state
+    dict of another model size or config, a `ConfigError`.
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    if map_location is None:
+        first = next(model.parameters(), None)
+        map_location = first.device if first is not None else "cpu"
+    state = read_torch_file(path, map_location=map_location)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise ConfigError(
+            f"the weights in {path} do not fit this model (was it saved from another "
+            f"model size or config?): {first_line}"
+        ) from exc
+    return model
+
+
+def _read_run_config(run_dir):
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FtlibError(f"{path} not found: is {run_dir} a run folder of `python -m ftlib finetune`?")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FtlibError(f"{path} is not readable JSON: {exc}") from exc
+    cfg = config.get("model_config") if isinstance(config, dict) else None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: the field 'model_config' (the GPTModel config dict) is missing")
+    missing = [key for key in MODEL_CONFIG_KEYS if key not in cfg]
+    if missing:
+        raise ConfigError(f"{path}: 'model_config' lacks {', '.join(missing)}")
+    return config
+
+
+def load_run_model(run_dir):
+    """The fine-tuned GPTModel of a run folder (config.json + model.pth), on the CPU, in eval mode.
+
+    A model.pth saved with LoRA layers (keys `...lora.A`) is rebuilt with the rank
+    and alpha of config.json's "lora_rank" and "lora_alpha", loaded, and merged,
+    so the result is always a plain GPTModel. Returns (model, run_config).
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FtlibError(f"run folder {run_dir} not found")
+    config = _read_run_config(run_dir)
+    weights = run_dir / "model.pth"
+    state = read_torch_file(weights, missing_hint="the run did not finish saving its model")
+    # A model saved after torch.compile has every key prefixed "_orig_mod.".
+    state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
+
+    model = GPTModel(config["model_config"])
+    lora_keys = [k for k in state if k.endswith(".lora.A")]
+    if lora_keys:
+        rank, alpha = _lora_settings(config, state[lora_keys[0]], run_dir / "config.json")
+        add_lora(model, rank, alpha)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{weights} does not fit the model_config of {run_dir / 'config.json'}: {exc}") from exc
+    if lora_keys:
+        merge_lora(model)
+    model.eval()
+    return model, config
+
+
+def _lora_settings(config, a_matrix, path):
+    """(rank, alpha) for a LoRA state dict; rank is also read off A's shape (in, rank)."""
+    rank = int(a_matrix.shape[1])
+    if config.get("lora_rank") not in (None, rank):
+        raise ConfigError(f"{path}: lora_rank is {config['lora_rank']}, but model.pth has rank {rank}")
+    if not isinstance(config.get("lora_alpha"), (int, float)):
+        raise ConfigError(
+            f"{path}: model.pth has LoRA layers but the field 'lora_alpha' is missing; "
+            "it is needed to merge them")
+    return rank, config["lora_alpha"]
