@@ -1,16 +1,20 @@
-"""Model files: save and load a model's weights, and a run folder's model.
+"""Model files: save and load a model's weights, a run folder's model, and training
+checkpoints (weights, optimizer, schedule, step, random states and history, so a
+run continues exactly where it stopped).
 
-Every PyTorch file ftlib reads goes through `read_torch_file`: only tensors and
+Every file is written atomically (a temporary file, then a rename). Every PyTorch file ftlib reads goes through `read_torch_file`: only tensors and
 plain containers are read, never code (`torch.load(..., weights_only=True)`), and a
 file that is missing, unreadable or not a dict stops with one message naming it.
 """
 
 import json
+import random
 import re
 from pathlib import Path
 
 import torch
 
+from ftlib.distributed import is_distributed
 from ftlib.errors import ConfigError, FtlibError
 from ftlib.fileio import atomic_path
 from ftlib.lora import add_lora, merge_lora
@@ -154,3 +158,55 @@ def _lora_settings(config, a_matrix, path):
             f"{path}: model.pth has LoRA layers but the field 'lora_alpha' is missing; "
             "it is needed to merge them")
     return rank, config["lora_alpha"]
+
+
+def rng_states():
+    """Python's and PyTorch's RNG states, to put into a checkpoint."""
+    states = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        # one process per GPU (DDP): only its own, so it does not start up the others
+        states["cuda"] = [torch.cuda.get_rng_state()] if is_distributed() else torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    """Restore what `rng_states` returned."""
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        if is_distributed():
+            torch.cuda.set_rng_state(states["cuda"][0])  # this process's GPU only
+        else:
+            torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_checkpoint(path, model, optimizer, step, scheduler=None, extra=None):
+    """Write model, optimizer, scheduler, step and RNG states atomically.
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "step": step,
+        "rng": rng_states(),
+        "extra": extra or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path, model, optimizer=None, scheduler=None, map_location="cpu"):
+    """Restore what `save_checkpoint` wrote; returns the checkpoint dict (step, extra).
+
+    Introduced in: notebooks/06_finetuning.ipynb
+    """
+    state = read_torch_file(path, what="ftlib checkpoint", map_location=map_location)
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_states(state["rng"])
+    return state

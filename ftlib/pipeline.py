@@ -103,14 +103,18 @@ def model_kind(name):
 
 
 def _check_values(config):
+    def option(name):
+        return f"--{name.replace('_', '-')}"
+
     for name in POSITIVE:
         value = getattr(config, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for name in ("lr", "lora_alpha", "grad_clip"):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{option(name)} must be a whole number of at least 1, got {value!r}")
+    for name in ("lr", "lora_alpha", "grad_clip", "weight_decay"):
         value = getattr(config, name)
-        if value is not None and not value > 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                  or not value >= 0 or (value == 0 and name != "weight_decay")):
+            raise ConfigError(f"{option(name)} must be a positive number, got {value!r}")
     if config.dataset not in ("bundled", "chapter"):
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose 'bundled' or 'chapter'")
 
@@ -322,7 +326,7 @@ def _answerer(config, tokenizer, device, main):
 
 def _train(config, model, train_loader, val_loader, eval_train_loader, device, log):
     """Optimizer, schedule and precision from `config`, then `train_model`; returns its history."""
-    from ftlib.checkpoints import load_checkpoint
+    from ftlib.modelfiles import load_checkpoint
     from ftlib.distributed import world_size
     from ftlib.trainer import (autocast_dtype_for, enable_tf32, make_optimizer, train_model,
                                warmup_cosine_schedule)

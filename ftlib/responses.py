@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from ftlib.data import ALPACA_PREAMBLE, format_input
 from ftlib.errors import ConfigError, DataError
 from ftlib.fileio import atomic_write_json
-from ftlib.generate import generate, text_to_token_ids, token_ids_to_text
+from ftlib.generate import MAX_NEW_TOKENS, generate, text_to_token_ids, token_ids_to_text
 from ftlib.tokenizer import END_OF_TEXT, END_OF_TEXT_ID
 
 # Headers the model writes before its answer (`format_response` of the chapter's
@@ -35,7 +35,6 @@ STOP_MARKERS = (
     ALPACA_PREAMBLE[:45],  # "Below is an instruction that describes a task"
 )
 
-DEFAULT_MAX_NEW_TOKENS = 64  # the chapter uses 256; the bundled answers are short
 
 
 def extract_response(generated_text, input_text):
@@ -72,7 +71,7 @@ def extract_response(generated_text, input_text):
     return text.strip()
 
 
-def generate_response(model, entry, tokenizer, device, max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+def generate_response(model, entry, tokenizer, device, max_new_tokens=MAX_NEW_TOKENS,
                       style="alpaca", eos_id=END_OF_TEXT_ID):
     """The model's greedy answer to one entry, as a string (the chapter's loop body).
 
@@ -104,7 +103,7 @@ def _length_groups(lengths, batch_size):
     return groups
 
 
-def generate_responses(model, entries, tokenizer, device, max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+def generate_responses(model, entries, tokenizer, device, max_new_tokens=MAX_NEW_TOKENS,
                        style="alpaca", progress=True, batch_size=8, eos_id=END_OF_TEXT_ID):
     """Copies of `entries`, each with the model's answer under `"model_response"`.
 

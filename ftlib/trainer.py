@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ftlib.collate import IGNORE_INDEX
 from ftlib.distributed import all_reduce_sum, is_distributed, is_main_process, world_size, wrap_model
 from ftlib.errors import FtlibError
-from ftlib.checkpoints import save_checkpoint
+from ftlib.modelfiles import save_checkpoint
 
 
 class TrainingDiverged(FtlibError):
@@ -447,10 +447,10 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs, 
         except KeyboardInterrupt:
             loop.checkpoint(history)
             if checkpoint_path and main:
-                saved = ("the last checkpoint is kept" if loop.updating
-                         else f"after step {history.step}, checkpoint saved")
-                log(f"\nInterrupted; {saved} ({checkpoint_path}). "
-                    "Run the same command with --resume to continue.")
+                saved = (f"in the middle of an update; the last checkpoint, {checkpoint_path}, is kept"
+                         if loop.updating else
+                         f"at step {history.step}; checkpoint saved to {checkpoint_path}")
+                log(f"\nInterrupted {saved}. Run the same command with --resume to continue.")
             raise
     loop.checkpoint(history)
     return history

@@ -124,19 +124,19 @@ def test_ctrl_c_saves_a_checkpoint_and_resuming_reaches_the_same_weights(small_d
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
 
 
-def test_finetune_from_python_takes_the_options_as_keywords(small_data, tmp_path):
-    from ftlib.cli import finetune
+def test_finetune_from_python_takes_a_run_config(small_data, tmp_path):
     from ftlib.errors import ConfigError
+    from ftlib.pipeline import RunConfig, finetune
 
     lines = []
-    metrics = finetune(data=small_data, out=tmp_path / "run", batch_size=4, max_steps=2,
-                       max_new_tokens=2, no_progress=True, prompt_style="phi3",
-                       mask_prompt=False, max_train_entries=20, log=lines.append)
+    metrics = finetune(RunConfig(data=small_data, out=tmp_path / "run", batch_size=4, max_steps=2,
+                                 max_new_tokens=2, progress=False, prompt_style="phi3",
+                                 mask_prompt=False, max_train_entries=20), log=lines.append)
     assert metrics["n_train"] == 20 and metrics["steps"] == 2
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["prompt_style"] == "phi3" and config["mask_prompt"] is False
     assert any("Held-out exact match" in line for line in lines)
-    with pytest.raises(ConfigError, match="no option 'epoch'"):
-        finetune(epoch=3)
-    with pytest.raises(ConfigError, match="epochs"):
-        finetune(epochs="many")
+    with pytest.raises(TypeError, match="epoch"):
+        RunConfig(epoch=3)
+    with pytest.raises(ConfigError, match="--epochs must be a whole number"):
+        finetune(RunConfig(epochs="many"))

@@ -8,7 +8,7 @@ from ftlib.lora import (LinearWithLoRA, LoRALayer, add_lora, count_lora_paramete
                         lora_parameter_table, merge_lora, replace_linear_with_lora)
 from ftlib.model import GPTModel, count_parameters, get_config
 from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.train import make_optimizer
+from ftlib.trainer import make_optimizer
 
 SMALL_CFG = {**TOY_CONFIG, "vocab_size": 300}  # a fast model for forward passes
 

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ftlib.batching import EpochSampler
-from ftlib.checkpoints import load_checkpoint, save_checkpoint
+from ftlib.modelfiles import load_checkpoint, save_checkpoint
 from ftlib.collate import instruction_collate_fn
 from ftlib.errors import FtlibError
 from ftlib.model import GPTModel
@@ -97,10 +97,10 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
     assert state["step"] == 5 and state["extra"] == {"note": "x"}
     torch.testing.assert_close(other.tok_emb.weight, model.tok_emb.weight)
 
-    with pytest.raises(FtlibError, match="no checkpoint there"):
+    with pytest.raises(FtlibError, match="missing.pt not found"):
         load_checkpoint(tmp_path / "missing.pt", other)
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(FtlibError, match="broken.pt: not a readable ftlib checkpoint"):
+    with pytest.raises(FtlibError, match="broken.pt is not a readable ftlib checkpoint"):
         load_checkpoint(tmp_path / "broken.pt", other)
 
 
