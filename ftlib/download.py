@@ -90,72 +90,17 @@ def download_file(
     """
     dest = Path(dest)
     part = _part_path(dest)
-
-    if dest.exists():
-        try:
-            expected = remote_size(url, timeout=timeout)
-        except _REQUEST_ERRORS as exc:
-            warnings.warn(
-                f"Could not check {_describe(url, exc)}; using the existing {dest}",
-                stacklevel=2,
-            )
-            return dest
-        if expected is None or expected == dest.stat().st_size:
-            return dest  # complete (or the server does not say, so trust the local copy)
-        # The server's file has another size: fetch it again below.
-
+    if dest.exists() and _local_copy_is_current(url, dest, timeout):
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     start = part.stat().st_size if resume and part.exists() else 0
-    request = urllib.request.Request(url)
-    if start > 0:
-        request.add_header("Range", f"bytes={start}-")
-
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and start > 0:
-            # Our .part is not a prefix the server can continue (e.g. the file changed
-            # on the server): drop it and start over.
-            part.unlink()
-            return download_file(
-                url, dest, timeout=timeout, progress=progress, desc=desc,
-                resume=False, chunk_size=chunk_size,
-            )
-        raise DownloadError(f"Download failed: {_describe(url, exc)}") from exc
-    except _REQUEST_ERRORS as exc:
-        raise DownloadError(f"Download failed: {_describe(url, exc)}") from exc
-
+    response = _open(url, part, start, timeout)
+    if response is None:  # our .part could not be continued: start over
+        return download_file(url, dest, timeout=timeout, progress=progress, desc=desc,
+                             resume=False, chunk_size=chunk_size)
     with response:
-        if response.status == 206:
-            content_range = response.headers.get("Content-Range", "")
-            if not content_range.startswith(f"bytes {start}-"):
-                raise DownloadError(
-                    f"Download failed: {url}: asked for bytes {start}- but the server "
-                    f"sent {content_range or 'no Content-Range'}; delete {part} to start over."
-                )
-            mode = "ab"  # the server continues where our .part stops
-        else:
-            mode, start = "wb", 0  # a 200 is the whole file: start over
-        body_length = _content_length(response)
-        expected = None if body_length is None else start + body_length
-        received = start
-        bar = tqdm(
-            total=expected, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=desc or dest.name, disable=not progress,
-        )
-        try:
-            with bar, open(part, mode) as f:
-                while chunk := response.read(chunk_size):
-                    f.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-        except _REQUEST_ERRORS as exc:
-            raise DownloadError(
-                f"Download interrupted: {_describe(url, exc)}; {received} of "
-                f"{expected if expected is not None else '?'} bytes arrived in {part}. "
-                "Run it again to resume."
-            ) from exc
-
+        received, expected = _receive(response, url, part, start, chunk_size,
+                                      tqdm_kwargs={"desc": desc or dest.name, "disable": not progress})
     if expected is not None and received != expected:
         raise DownloadError(
             f"Download interrupted: {url}: the connection closed after {received} of "
@@ -163,6 +108,71 @@ def download_file(
         )
     os.replace(part, dest)
     return dest
+
+
+def _local_copy_is_current(url, dest, timeout):
+    """True when `dest` has the size the server reports (or the server cannot say,
+    or cannot be asked: then a warning, and the local copy is used)."""
+    try:
+        expected = remote_size(url, timeout=timeout)
+    except _REQUEST_ERRORS as exc:
+        warnings.warn(f"Could not check {_describe(url, exc)}; using the existing {dest}",
+                      stacklevel=3)
+        return True
+    # another size: the server's file changed, so fetch it again
+    return expected is None or expected == dest.stat().st_size
+
+
+def _open(url, part, start, timeout):
+    """The server's response, asking for bytes `start`- when resuming; None when the
+    server cannot continue our .part (it is deleted: the caller starts over)."""
+    request = urllib.request.Request(url)
+    if start > 0:
+        request.add_header("Range", f"bytes={start}-")
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and start > 0:
+            # Our .part is not a prefix the server can continue (e.g. the file changed
+            # on the server): drop it and start over.
+            part.unlink()
+            return None
+        raise DownloadError(f"Download failed: {_describe(url, exc)}") from exc
+    except _REQUEST_ERRORS as exc:
+        raise DownloadError(f"Download failed: {_describe(url, exc)}") from exc
+
+
+def _receive(response, url, part, start, chunk_size, tqdm_kwargs):
+    """Write the body into `part` (appended after a 206, anew after a 200), with a
+    progress bar; returns (bytes in `part`, the size expected or None)."""
+    if response.status == 206:
+        content_range = response.headers.get("Content-Range", "")
+        if not content_range.startswith(f"bytes {start}-"):
+            raise DownloadError(
+                f"Download failed: {url}: asked for bytes {start}- but the server "
+                f"sent {content_range or 'no Content-Range'}; delete {part} to start over."
+            )
+        mode = "ab"  # the server continues where our .part stops
+    else:
+        mode, start = "wb", 0  # a 200 is the whole file: start over
+    body_length = _content_length(response)
+    expected = None if body_length is None else start + body_length
+    received = start
+    bar = tqdm(total=expected, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+               **tqdm_kwargs)
+    try:
+        with bar, open(part, mode) as f:
+            while chunk := response.read(chunk_size):
+                f.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    except _REQUEST_ERRORS as exc:
+        raise DownloadError(
+            f"Download interrupted: {_describe(url, exc)}; {received} of "
+            f"{expected if expected is not None else '?'} bytes arrived in {part}. "
+            "Run it again to resume."
+        ) from exc
+    return received, expected
 
 
 def download_first_available(urls, dest, **kwargs):

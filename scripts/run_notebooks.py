@@ -7,7 +7,9 @@ Run this after changing ftlib or a notebook, then commit the notebooks: CI
 re-executes them with nbval and compares the outputs. Volatile metadata (cell
 timings) is not recorded, so diffs show only real changes. Cells tagged
 `nbval-skip` (they need a network or a server, as CI does not have) are not run
-here either: their outputs are cleared, as nbval would skip them.
+here either: their outputs are cleared, as nbval would skip them. The kernel's
+metadata is written as JupyterLab writes it, so opening a notebook does not mark
+it modified.
 """
 
 import sys
@@ -18,6 +20,8 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
+# What JupyterLab writes for ipykernel's kernel: kept the same, a notebook opens unmodified.
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 
 def _skipped(cell):
@@ -36,6 +40,7 @@ def run_notebook(path, timeout=900):
         if _skipped(cell):
             cell.outputs, cell.execution_count = [], None
     nb.cells = cells
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
     nbformat.write(nb, path)
 
 
