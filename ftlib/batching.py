@@ -31,7 +31,7 @@ from ftlib.packing import pack_collate_fn
 class EpochSampler(Sampler):
     """A reproducible permutation of range(n) per epoch (call `set_epoch` each epoch).
 
-    Introduced in: notebooks/04_dataloaders.ipynb
+    Introduced in: notebooks/08_faster_training.ipynb
     """
 
     def __init__(self, n, seed=123, shuffle=True):
@@ -53,7 +53,7 @@ class EpochSampler(Sampler):
 def item_lengths(items):
     """Token count of each item: an id list, or an `(ids, prompt_length)` tuple.
 
-    Introduced in: notebooks/04_dataloaders.ipynb
+    Introduced in: notebooks/08_faster_training.ipynb
     """
     return [len(split_item(item)[0]) for item in items]
 
@@ -73,7 +73,7 @@ class LengthGroupedBatchSampler(Sampler):
 
     Use as `DataLoader(items, batch_sampler=LengthGroupedBatchSampler(...), collate_fn=...)`.
 
-    Introduced in: notebooks/04_dataloaders.ipynb
+    Introduced in: notebooks/08_faster_training.ipynb
     """
 
     def __init__(self, lengths, batch_size, seed=123, drop_last=True, bucket_size=None):
@@ -125,7 +125,7 @@ class ShardedBatchSampler(Sampler):
     The batch size must be a multiple of `world_size`, so every process gets the
     same number of examples. Use as `DataLoader(items, batch_sampler=...)`.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Not in a notebook: used only under torchrun (several processes), which a notebook does not run.
     """
 
     def __init__(self, batch_sampler, rank, world_size):
@@ -180,7 +180,7 @@ def make_loader(items, batch_size, batching="random", shuffle=True, seed=123,
     `rank`'s share of each of the same batches (`ShardedBatchSampler`); the batch
     size is the global one and must be a multiple of `world_size`.
 
-    Introduced in: notebooks/04_dataloaders.ipynb
+    Introduced in: notebooks/08_faster_training.ipynb
     """
     if batching not in BATCHING_STRATEGIES:
         raise ConfigError(f"unknown batching {batching!r}; choose one of: {', '.join(BATCHING_STRATEGIES)}")

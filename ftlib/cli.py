@@ -3,6 +3,8 @@
 The CLI only parses arguments into a `RunConfig` (ftlib/pipeline.py, where every
 default lives) and calls `finetune(config)`. An error a user can cause exits with
 status 2 and one line, without a traceback.
+
+Not in a notebook: the command line itself; notebooks call ftlib.pipeline directly.
 """
 
 import argparse

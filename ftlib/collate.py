@@ -94,7 +94,7 @@ def custom_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=IGNORE_IN
 def split_item(item):
     """(token_ids, prompt_length or None) for either kind of batch item.
 
-    Introduced in: notebooks/03_ignore_index_masking.ipynb
+    Not in a notebook: a helper inside the collate functions; learners pass items, not call it.
     """
     if isinstance(item, tuple):
         ids, prompt_length = item
@@ -110,7 +110,7 @@ def instruction_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, ignore_index=IGNO
     target that predicts a prompt token becomes `ignore_index` as well, so the loss
     covers only the response (exercise 7.2). `allowed_max_length` must be at least 1.
 
-    Introduced in: notebooks/03_ignore_index_masking.ipynb
+    Introduced in: notebooks/02_collate_drafts.ipynb
     """
     _check_batch(batch)
     if allowed_max_length is not None and allowed_max_length < 1:

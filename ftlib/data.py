@@ -183,7 +183,7 @@ class InstructionDataset(Dataset):
     `tokenizer.encode(full_text)` unless a prompt ends in whitespace.) Text that
     contains "<|endoftext|>" is encoded as plain text, never as token 50256.
 
-    Introduced in: notebooks/02_collate_drafts.ipynb
+    Introduced in: notebooks/04_dataloaders.ipynb
     """
 
     def __init__(self, data, tokenizer, style="alpaca"):

@@ -45,6 +45,9 @@ them (HOST) as the meeting point,
 
 here 2 machines x 4 GPUs: 8 processes, RANK 0..7, LOCAL_RANK 0..3 on each.
 The run folder (--out) should be on storage all machines share, for --resume.
+
+Not in a notebook: notebooks train in one process; the README's "Multi-process
+training" shows the torchrun command that uses this module.
 """
 
 import contextlib

@@ -8,6 +8,9 @@ goes through `download_file`, so the rules are the same everywhere:
   so an interrupted download never leaves a half file at `dest`;
 - re-running after an interruption resumes from the `.part` with an HTTP Range request;
 - every failure is a `DownloadError` that names the URL.
+
+Not in a notebook: notebooks download through `download_and_load_file` (01) and
+`download_and_load_gpt2` (05), which call this module.
 """
 
 import http.client

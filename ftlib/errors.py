@@ -3,6 +3,9 @@
 Every error a learner can cause (a malformed data file, an unknown model size, a
 download that fails) is an `FtlibError` with a message that names the file, the
 entry and the field. The CLI prints that message alone, without a traceback.
+
+Not in a notebook: the types of the errors notebooks show (notebook 01 catches a
+DataError); they carry the message, nothing else.
 """
 
 

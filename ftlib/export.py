@@ -12,6 +12,9 @@ embedding; GPTModel has a separate `out_head`, which fine-tuning moves away from
 `tok_emb`. When the two differ the export writes the head too and
 `tie_word_embeddings: false`, otherwise transformers would silently reuse the
 token embedding as the output layer.
+
+Not in a notebook: the CLI's `python -m ftlib export-hf RUN OUT` (README: "LoRA and
+export to Hugging Face").
 """
 
 import json

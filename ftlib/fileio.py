@@ -2,6 +2,9 @@
 
 A crash or Ctrl-C half-way leaves either the old file or no file at the target,
 never a half-written one (`os.replace` is atomic on POSIX and Windows).
+
+Not in a notebook: every file ftlib writes goes through these functions; notebooks
+see them only as files that are never half-written.
 """
 
 import contextlib

@@ -21,6 +21,9 @@ Besides the names, the layouts differ in three ways:
      "blocks": [{"attn": {"c_attn": {"w": (d, 3d), "b": (3d,)}, "c_proj": {"w", "b"}},
                  "mlp": {"c_fc": {"w": (d, 4d), "b"}, "c_proj": {"w": (4d, d), "b"}},
                  "ln_1": {"g", "b"}, "ln_2": {"g", "b"}}, ...]}
+
+Not in a notebook: the table's machinery; notebook 05 prints the table itself
+(`GPT2_NAMES`) and `load_weights_into_gpt`, which reads it.
 """
 
 from collections import namedtuple

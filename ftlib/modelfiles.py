@@ -160,7 +160,7 @@ def _lora_settings(config, a_matrix, path):
     return rank, config["lora_alpha"]
 
 
-def rng_states():
+def _rng_states():
     """Python's and PyTorch's RNG states, to put into a checkpoint."""
     states = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -169,8 +169,8 @@ def rng_states():
     return states
 
 
-def set_rng_states(states):
-    """Restore what `rng_states` returned."""
+def _set_rng_states(states):
+    """Restore what `_rng_states` returned."""
     random.setstate(states["python"])
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
@@ -190,7 +190,7 @@ def save_checkpoint(path, model, optimizer, step, scheduler=None, extra=None):
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "step": step,
-        "rng": rng_states(),
+        "rng": _rng_states(),
         "extra": extra or {},
     }
     with atomic_path(path) as tmp:
@@ -208,5 +208,5 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, map_location="c
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
-    set_rng_states(state["rng"])
+    _set_rng_states(state["rng"])
     return state

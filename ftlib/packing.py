@@ -40,7 +40,7 @@ def pack_rows(lengths, row_length):
     >>> pack_rows([5, 2, 3, 4], row_length=7)
     [[0, 1], [3, 2]]
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/08_faster_training.ipynb
     """
     too_long = [n for n in lengths if n > row_length]
     if too_long:
@@ -67,7 +67,7 @@ def block_causal_mask(segment_lengths, length):
     position can attend to at least itself (a fully masked query row would make
     attention NaN).
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/08_faster_training.ipynb
     """
     used = sum(segment_lengths)
     if used > length:
@@ -99,7 +99,7 @@ def pack_collate_fn(batch, row_length=None, pad_token_id=END_OF_TEXT_ID,
 
     Pass `position_ids` and `attn_mask` to `GPTModel` (or `calc_loss_batch`).
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/08_faster_training.ipynb
     """
     if len(batch) == 0:
         raise DataError("pack_collate_fn: the batch is empty (a DataLoader with no items?)")

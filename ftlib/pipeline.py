@@ -92,11 +92,8 @@ POSITIVE = ("epochs", "max_steps", "batch_size", "allowed_max_length", "max_new_
             "lora_rank", "max_train_entries", "eval_points", "eval_iter", "checkpoints")
 
 
-def model_kind(name):
-    """"scratch" for the tiny model, "gpt2" for OpenAI's pretrained sizes.
-
-    Introduced in: notebooks/06_finetuning.ipynb
-    """
+def _model_kind(name):
+    """"scratch" for the tiny model, "gpt2" for OpenAI's pretrained sizes."""
     from ftlib.model import TINY_NAME
 
     return "scratch" if name == TINY_NAME else "gpt2"
@@ -135,7 +132,7 @@ def resolve_config(config):
         raise ConfigError(f"unknown batching {config.batching!r}; choose one of {BATCHING_STRATEGIES}")
     if config.prompt_style not in PROMPT_STYLES:
         raise ConfigError(f"unknown prompt style {config.prompt_style!r}; choose one of {PROMPT_STYLES}")
-    kind = model_kind(config.model)
+    kind = _model_kind(config.model)
     if config.weights_dir is not None and kind == "gpt2" and not Path(config.weights_dir).is_dir():
         raise ConfigError(f"--weights-dir {config.weights_dir}: no such folder")
     filled = {key: value for key, value in MODEL_DEFAULTS[kind].items()
@@ -187,7 +184,7 @@ def build_model(config, device="cpu", log=print):
     from ftlib.model import GPTModel, get_config
 
     model = GPTModel(get_config(config.model))
-    if model_kind(config.model) == "gpt2":
+    if _model_kind(config.model) == "gpt2":
         from ftlib.weights import download_and_load_gpt2, load_weights_into_gpt
 
         size = config.model.split(" ")[-1].strip("()")  # "gpt2-medium (355M)" -> "355M"
@@ -258,10 +255,10 @@ def finetune(config=None, log=print):
     config = config or RunConfig()
     log = log or _quiet
     if not launched_by_torchrun():
-        return run_here(config, log)
+        return _run_here(config, log)
     device = init_distributed(config.device)
     try:
-        return run_here(config, log if is_main_process() else _quiet, device)
+        return _run_here(config, log if is_main_process() else _quiet, device)
     finally:
         cleanup_distributed()
 
@@ -270,7 +267,7 @@ def _quiet(*args, **kwargs):
     """The `log` of a quiet run, and of processes other than rank 0."""
 
 
-def run_here(config, log=print, device=None):
+def _run_here(config, log=print, device=None):
     """`finetune` in this process (`device` is given under torchrun)."""
     from ftlib import set_seed
     from ftlib.device import get_device
@@ -307,7 +304,7 @@ def run_here(config, log=print, device=None):
         if not is_main_process():
             return None
         after = answer(model, test)
-        return write_run_folder(config, model, before, after, history, train_time,
+        return _write_run_folder(config, model, before, after, history, train_time,
                                 {"dataset": dataset_name, "device": str(device), "n_train": len(train),
                                  "n_val": len(val), "n_test": len(test), "world_size": n_proc}, log)
 
@@ -357,11 +354,8 @@ def _train(config, model, train_loader, val_loader, eval_train_loader, device, l
         eval_train_loader=eval_train_loader)
 
 
-def write_run_folder(config, model, before, after, history, train_time, facts, log=print):
-    """Write the run folder (responses, model, config, loss plot, metrics); return the metrics.
-
-    Introduced in: notebooks/06_finetuning.ipynb
-    """
+def _write_run_folder(config, model, before, after, history, train_time, facts, log=print):
+    """Write the run folder (responses, model, config, loss plot, metrics); return the metrics."""
     from ftlib.fileio import atomic_write_json
     from ftlib.modelfiles import save_model
     from ftlib.responses import save_responses
@@ -372,14 +366,14 @@ def write_run_folder(config, model, before, after, history, train_time, facts, l
         entry["model_response_before"] = old["model_response"]
     save_responses(after, config.out / "test-responses.json")
     if history.train_losses:
-        save_loss_plot(config, history, config.out / "loss-plot.png")
+        _save_loss_plot(config, history, config.out / "loss-plot.png")
     if config.lora_rank is not None:
         from ftlib.lora import merge_lora
 
         merge_lora(model)  # model.pth is a plain GPTModel state_dict either way
     save_model(model, config.out / "model.pth")
-    atomic_write_json(config.out / "config.json", run_config_json(config, model, facts))
-    metrics = run_metrics(config, before, after, history, train_time, facts)
+    atomic_write_json(config.out / "config.json", _run_config_json(config, model, facts))
+    metrics = _run_metrics(config, before, after, history, train_time, facts)
     atomic_write_json(config.out / "metrics.json", metrics)
     log(format_scores(metrics["after"]))
     log(f"Held-out exact match: {metrics['held_out_exact_match_before']:.1%} before, "
@@ -388,7 +382,7 @@ def write_run_folder(config, model, before, after, history, train_time, facts, l
     return metrics
 
 
-def save_loss_plot(config, history, path):
+def _save_loss_plot(config, history, path):
     """The loss curves of `history` as a PNG (not shown in Jupyter)."""
     import matplotlib.pyplot as plt
 
@@ -400,7 +394,7 @@ def save_loss_plot(config, history, path):
                           history.val_losses, path=path))
 
 
-def run_config_json(config, model, facts):
+def _run_config_json(config, model, facts):
     """config.json of a run folder: the settings, the GPTModel config, where it ran."""
     settings = {key: (str(value) if isinstance(value, Path) else value)
                 for key, value in dataclasses.asdict(config).items()}
@@ -408,7 +402,7 @@ def run_config_json(config, model, facts):
             "device": facts["device"], "world_size": facts["world_size"]}
 
 
-def run_metrics(config, before, after, history, train_time, facts):
+def _run_metrics(config, before, after, history, train_time, facts):
     """metrics.json of a run: held-out scores before and after, timings, the learning goal."""
     from ftlib.scores import score_responses
 
@@ -426,7 +420,7 @@ def run_metrics(config, before, after, history, train_time, facts):
         "before": scores_before,
         "after": scores_after,
     }
-    if model_kind(config.model) == "scratch" and facts["dataset"] == "bundled":
+    if _model_kind(config.model) == "scratch" and facts["dataset"] == "bundled":
         exact = scores_after["overall"]["exact_match"]
         metrics["learning_goal"] = {"held_out_exact_match_at_least": LEARNING_GOAL,
                                     "met": exact >= LEARNING_GOAL}

