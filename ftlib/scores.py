@@ -196,7 +196,8 @@ def plot_scores(scores, before=None, path=None, metric="token_f1"):
     """A horizontal bar per task family (and "all") for one metric, in percent.
 
     With `before` (the scores of the model before fine-tuning, say), each family
-    gets two bars: before (light) and after. Saved as PNG when `path` is given.
+    gets two bars: before (light) and after; when `before` is 0 everywhere, the title
+    says so instead of drawing empty bars. Saved as PNG when `path` is given.
     Returns the figure; end the notebook cell with `plt.show()`.
 
     Introduced in: notebooks/07_evaluation.ipynb
@@ -211,13 +212,16 @@ def plot_scores(scores, before=None, path=None, metric="token_f1"):
         table = {"all": s["overall"], **s["per_task"]}
         return [100 * table[name][metric] if name in table else 0.0 for name in names]
 
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.4))  # readable on a projector
     y = list(range(len(names)))
-    if before is None:
-        ax.barh(y, values(scores), color="tab:blue", label="model")
+    before_values = values(before) if before is not None else None
+    if before_values is None or not any(before_values):
+        ax.barh(y, values(scores), color="tab:blue")
+        if before_values is not None:  # no bars to draw, so no legend entry: say it
+            ax.set_title(f"before: {METRIC_LABELS[metric]} 0 % in every family", fontsize=10)
     else:
         h = 0.4
-        ax.barh([v - h / 2 for v in y], values(before), height=h, color="tab:gray",
+        ax.barh([v - h / 2 for v in y], before_values, height=h, color="tab:gray",
                 alpha=0.6, label="before")
         ax.barh([v + h / 2 for v in y], values(scores), height=h, color="tab:blue",
                 label="after")

@@ -102,7 +102,7 @@ def test_format_scores_table():
 
 def test_plot_scores_before_after(tmp_path):
     after = score_responses(ENTRIES)
-    before = score_responses([{**e, "model_response": "nothing"} for e in ENTRIES])
+    before = score_responses([{**e, "model_response": e["output"].split()[0]} for e in ENTRIES])
     fig = plot_scores(after, before=before, path=tmp_path / "scores.png")
     try:
         ax = fig.axes[0]
@@ -116,3 +116,16 @@ def test_plot_scores_before_after(tmp_path):
         plt.close(fig)
     with pytest.raises(ConfigError, match="unknown metric"):
         plot_scores(after, metric="bleu")
+
+
+def test_plot_scores_draws_no_empty_before_series():
+    after = score_responses(ENTRIES)
+    before = score_responses([{**e, "model_response": "zzz"} for e in ENTRIES])
+    assert before["overall"]["token_f1"] == 0
+    fig = plot_scores(after, before=before)
+    try:
+        ax = fig.axes[0]
+        assert len(ax.patches) == 4 and ax.get_legend() is None  # after only, no empty legend entry
+        assert "0 % in every family" in ax.get_title()
+    finally:
+        plt.close(fig)
