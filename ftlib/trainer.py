@@ -56,7 +56,7 @@ def batch_loss(model, batch, device, reduction="mean"):
     """The loss of a padded or packed batch, from `model(inputs, targets)`: the output
     layer runs only at targets. Same value as `calc_loss_batch`, less work.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/08_faster_training.ipynb
     """
     inputs, targets, extras = split_batch(batch)
     kwargs = {k: extras[k].to(device) for k in ("position_ids", "attn_mask") if k in extras}
