@@ -14,7 +14,7 @@ PY          := $(VENV)/bin/python
 # Extra arguments for the CLI, e.g. make finetune ARGS="--epochs 2"
 ARGS        ?=
 
-.PHONY: setup test finetune lab bench data clean-venv
+.PHONY: setup test finetune lab bench data pretrain clean-venv
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ lab: setup
 # Regenerate data/instruction-data.json (deterministic).
 data: setup
 	$(PY) scripts/make_instruction_data.py
+
+# Pretrain the tiny base model (models/gpt2-tiny-base/) on data/pretraining-corpus.txt
+# (a few minutes on 2 CPU cores; deterministic).
+pretrain: setup
+	$(PY) scripts/pretrain.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,0 +1,382 @@
+"""Write data/pretraining-corpus.txt, data/pretraining-facts.json and data/pretraining-only-test.json.
+
+The corpus is what the tiny base model (models/gpt2-tiny-base/) is pretrained on:
+plain English prose about the same small world as the instruction data
+(scripts/make_instruction_data.py, whose word lists are imported here), with no
+instruction format. Each fact is written several times, in several wordings and
+sentence orders, inside documents that are shuffled and separated by
+`<|endoftext|>`, so a model learns the fact and not one sentence shape.
+
+What is in it:
+
+* countries: every (country, capital / continent / language) fact of the
+  instruction data, plus 24 fictional countries (invented plain-ASCII names, each
+  two GPT-2 tokens with a first token of its own) with a capital, a continent and
+  a language. Nothing outside this corpus can explain a right answer about them.
+* antonyms: the instruction data's pairs plus 24 pairs that it never uses;
+* numbers: "after 37 comes 38" and counting, for 1 to 99 (the instruction data
+  asks about 11 to 52 only);
+* units: what a kilometer, a kilogram, ... is, and the conversions that the
+  instruction data's training split already contains (never a held-out one);
+* lists: reading short lists forwards, backwards, first and last word, and
+  repeating a word, with a word pool disjoint from the instruction data's.
+* quiz text: questions and answers, worded like the instruction data's
+  *training* templates, about the instruction data's countries and words only.
+  The fictional countries and the extra antonyms and numbers appear in prose
+  alone; mixing question-answer text about *other* entities into pretraining makes
+  stored facts easier to extract later (Allen-Zhu & Li, "Physics of Language
+  Models: Part 3.1").
+
+data/pretraining-facts.json lists every fact of the corpus as a plain-text
+completion ("The capital of Romania is" -> " Bucharest"), for measuring what a
+base model knows before any fine-tuning.
+
+data/pretraining-only-test.json asks about the facts that are only in the corpus
+(the fictional countries, the extra antonyms, the numbers 53 to 98), worded with
+the instruction data's held-out templates, in the instruction data's entry format.
+
+Running the script twice gives byte-identical files; `--check` compares the
+committed files with what the script would write and exits 1 if they differ.
+
+    python scripts/make_pretraining_corpus.py            # (re)write the three files
+    python scripts/make_pretraining_corpus.py --check    # verify the committed files
+"""
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_instruction_data as inst  # noqa: E402  (the word lists and templates)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CORPUS_PATH = REPO_ROOT / "data" / "pretraining-corpus.txt"
+TEST_PATH = REPO_ROOT / "data" / "pretraining-only-test.json"
+FACTS_PATH = REPO_ROOT / "data" / "pretraining-facts.json"
+SEED = 123
+END_OF_TEXT = "<|endoftext|>"
+
+# ---------------------------------------------------------------------------
+# Facts that appear only in this corpus.
+# ---------------------------------------------------------------------------
+
+# (country, capital, continent, language), invented. Every name is two GPT-2
+# tokens after a space, and no two names (nor any real answer) share the first
+# token, so the first token of an answer already decides it.
+FICTIONAL_COUNTRIES = [
+    ("Heinania", "Sindun", "Europe", "Oranan"),
+    ("Kroresh", "Pendport", "Asia", "Alonic"),
+    ("Nirora", "Kirford", "Africa", "Bondic"),
+    ("Gandia", "Themvale", "South America", "Ledan"),
+    ("Siristan", "Gurun", "North America", "Coulic"),
+    ("Pilvia", "Bidholm", "Europe", "Kernese"),
+    ("Alamora", "Burnek", "Asia", "Dimi"),
+    ("Vinistan", "Selgrad", "Africa", "Bathish"),
+    ("Sedora", "Tamholm", "South America", "Nosti"),
+    ("Thoumand", "Rothvale", "North America", "Skomic"),
+    ("Mistand", "Kunek", "Europe", "Buskan"),
+    ("Cavara", "Mindport", "Asia", "Uloustic"),
+    ("Darania", "Ponmar", "Africa", "Fastan"),
+    ("Oreidia", "Rustos", "South America", "Toulic"),
+    ("Holistan", "Vaerek", "North America", "Zuran"),
+    ("Doulesh", "Castford", "Europe", "Eleli"),
+    ("Oraland", "Mulmar", "Asia", "Gruri"),
+    ("Maskesh", "Venport", "Africa", "Pandi"),
+    ("Ranora", "Zerford", "South America", "Nuvi"),
+    ("Zarora", "Permar", "North America", "Cudi"),
+    ("Kovesh", "Dustport", "Europe", "Vanese"),
+    ("Gimara", "Temvale", "Asia", "Heili"),
+    ("Grandesh", "Bundford", "Africa", "Puman"),
+    ("Tinand", "Eloros", "South America", "Valish"),
+]
+
+# (word, antonym) pairs that the instruction data never uses (neither word).
+EXTRA_ANTONYMS = [
+    ("brave", "cowardly"), ("arrive", "depart"), ("accept", "refuse"),
+    ("increase", "decrease"), ("maximum", "minimum"), ("entrance", "exit"),
+    ("victory", "defeat"), ("question", "answer"), ("sharp", "dull"),
+    ("smooth", "rough"), ("dark", "bright"), ("ugly", "beautiful"),
+    ("give", "take"), ("guilty", "innocent"), ("borrow", "lend"),
+    ("start", "finish"), ("wild", "tame"), ("fresh", "stale"),
+    ("odd", "even"), ("include", "exclude"), ("major", "minor"),
+    ("inner", "outer"), ("rise", "fall"), ("ascend", "descend"),
+]
+
+NUMBERS = range(1, 100)                 # successors written for 1..99 (-> 100)
+EXTRA_NUMBERS = range(53, 99)           # past the instruction data's 11..52
+
+# Words for the list prose, disjoint from the instruction data's LIST_WORDS.
+PROSE_WORDS = ["cat", "dog", "tree", "house", "car", "book", "door", "cup",
+               "ball", "bird", "fish", "road", "hat", "box", "star", "shoe"]
+
+# ---------------------------------------------------------------------------
+# Prose templates: several wordings per relation, some of them the instruction
+# templates' own words turned into statements.
+# ---------------------------------------------------------------------------
+
+PROSE = {
+    "capital": [
+        "The capital of {x} is {y}.", "{y} is the capital of {x}.",
+        "The capital city of {x} is {y}.", "{y} is the capital city of {x}.",
+        "{y} serves as the capital of {x}.", "The government of {x} sits in {y}, its capital.",
+        "In {x}, the capital is {y}.", "Travellers to {x} often start in {y}, the capital.",
+    ],
+    "continent": [
+        "{x} is in {y}.", "{x} lies in {y}.", "{x} is a country in {y}.",
+        "The continent of {x} is {y}.", "{x} belongs to {y}.", "{x} is on the continent of {y}.",
+        "You will find {x} in {y}.", "One of the countries of {y} is {x}.",
+    ],
+    "language": [
+        "The main language of {x} is {y}.", "Most people in {x} speak {y}.",
+        "The main language spoken in {x} is {y}.", "In {x}, people mainly speak {y}.",
+        "{y} is the main language of {x}.", "{y} is spoken by most people in {x}.",
+        "People in {x} talk to each other in {y}.", "Schools in {x} teach in {y}.",
+    ],
+    "antonym": [
+        'The opposite of "{x}" is "{y}".', 'The antonym of "{x}" is "{y}".',
+        'The word "{y}" means the opposite of "{x}".', '"{x}" and "{y}" are opposites.',
+        'The opposite of {x} is {y}.', 'The antonym of {x} is {y}.',
+        '{y} is the opposite of {x}.', 'A word that means the opposite of {x} is {y}.',
+    ],
+    "next_number": [
+        "After {x} comes {y}.", "The number after {x} is {y}.", "{y} comes right after {x}.",
+        "The next number after {x} is {y}.", "One more than {x} is {y}.", "{x} plus one is {y}.",
+        "{y} follows {x}.", "Counting on from {x}, the next number is {y}.",
+    ],
+}
+
+# Profile sentences that use a pronoun once the country has been named.
+PROFILE = {
+    "capital": ["Its capital is {y}.", "The capital there is {y}.", "Its capital city is {y}."],
+    "continent": ["It lies in {y}.", "It is in {y}.", "It is a country of {y}."],
+    "language": ["Most people there speak {y}.", "Its main language is {y}.",
+                 "People there mainly speak {y}."],
+}
+
+UNIT_SINGULAR = {"kilometers": "kilometer", "kilograms": "kilogram", "liters": "liter",
+                 "meters": "meter", "dollars": "dollar", "centuries": "century"}
+
+# Copies of each prose fact in the corpus (each in a different wording). The
+# relations a tiny model finds harder (a continent is one of five answers; a
+# successor must be learned for 99 numbers) are written in every wording.
+MENTIONS = {"capital": 6, "continent": 8, "language": 6, "antonym": 6, "next_number": 8}
+# Copies of each quiz question about an instruction-data fact.
+QUIZ_MENTIONS = 2
+
+
+def check_disjoint():
+    """The corpus-only facts must not occur in the instruction data."""
+    real = {name for table in (inst.CAPITALS, inst.CONTINENTS, inst.LANGUAGES)
+            for pair in table for name in pair}
+    names = [n for row in FICTIONAL_COUNTRIES for n in (row[0], row[1], row[3])]
+    assert len(set(names)) == len(names) and not real & set(names)
+    words = {w for pair in inst.ANTONYMS for w in pair}
+    extra = [w for pair in EXTRA_ANTONYMS for w in pair]
+    assert len(set(extra)) == len(extra) and not words & set(extra)
+    assert not set(PROSE_WORDS) & set(inst.LIST_WORDS)
+    assert not set(EXTRA_NUMBERS) & set(inst.NEXT_NUMBERS)
+
+
+def country_facts():
+    """{country: {"capital": .., "continent": .., "language": ..}} (keys that are known)."""
+    facts = {}
+    for relation, table in (("capital", inst.CAPITALS), ("continent", inst.CONTINENTS),
+                            ("language", inst.LANGUAGES)):
+        for country, value in table:
+            facts.setdefault(country, {})[relation] = value
+    for country, capital, continent, language in FICTIONAL_COUNTRIES:
+        facts[country] = {"capital": capital, "continent": continent, "language": language}
+    return facts
+
+
+def cap(sentence):
+    """Capitalise the first letter ("the Netherlands is ..." -> "The Netherlands is ...")."""
+    return sentence[0].upper() + sentence[1:]
+
+
+def fact_sentences(rng, relation, x, y):
+    """Statements of one fact, each with a different template."""
+    templates = rng.sample(PROSE[relation], MENTIONS[relation])
+    return [cap(t.format(x=x, y=y)) for t in templates]
+
+
+def profile_document(rng, country, facts):
+    """A short text about one country: named first, then its facts in a random order."""
+    relations = list(facts)
+    rng.shuffle(relations)
+    first, rest = relations[0], relations[1:]
+    sentences = [cap(rng.choice(PROSE[first]).format(x=country, y=facts[first]))]
+    sentences += [rng.choice(PROFILE[r]).format(y=facts[r]) for r in rest]
+    return " ".join(sentences)
+
+
+def quiz_lines(rng, relation, x, y):
+    """Question-and-answer text worded like the instruction data's training templates."""
+    lines = []
+    for instruction, input_text in rng.sample(inst.TEMPLATES[relation][0], QUIZ_MENTIONS):
+        question = instruction.format(x=x) + (f" {input_text.format(x=x)}" if input_text else "")
+        lines.append(rng.choice(["Question: {q} Answer: {a}.", "Q: {q} A: {a}.",
+                                 "{q} The answer is {a}."]).format(q=question, a=y))
+    return lines
+
+
+def number_sentences(rng):
+    sentences = []
+    for n in NUMBERS:
+        sentences += fact_sentences(rng, "next_number", str(n), str(n + 1))
+    for _ in range(120):  # counting runs of 3 to 6 numbers
+        start, length = rng.randint(1, 94), rng.randint(3, 6)
+        run = ", ".join(str(k) for k in range(start, start + length))
+        sentences.append(rng.choice(["Counting up: {r}.", "We count {r}.", "{r}, and so on."]).format(r=run))
+    return sentences
+
+
+def unit_sentences(rng, train_entries):
+    sentences = []
+    for frm, to, factor in inst.UNITS:
+        one = UNIT_SINGULAR[frm]
+        for template in ["One {one} is {f} {to}.", "There are {f} {to} in a {one}.",
+                         "A {one} has {f} {to}.", "To turn {frm} into {to}, multiply by {f}."]:
+            sentences.append(template.format(one=one, f=factor, to=to, frm=frm))
+    for e in train_entries:  # conversions the instruction data trains on anyway
+        if e["task"] == "unit_conversion":
+            n = next(w for w in e["instruction"].split() if w.isdigit())
+            frm = next(u for u, _, _ in inst.UNITS if f"{n} {u}" in e["instruction"])
+            to = next(t for u, t, _ in inst.UNITS if u == frm)
+            sentences.append(rng.choice(["{n} {frm} is {a} {to}.", "{n} {frm} equals {a} {to}.",
+                                         "{n} {frm} are the same as {a} {to}."]).format(
+                n=n, frm=frm, a=e["output"], to=to))
+    return sentences
+
+
+def list_sentences(rng, n=150):
+    sentences = []
+    for _ in range(n):
+        words = rng.sample(PROSE_WORDS, rng.randint(3, 5))
+        text, rev = ", ".join(words), ", ".join(words[::-1])
+        sentences.append(rng.choice([
+            "The list {t} read backwards is {r}.", "Written in reverse order, {t} becomes {r}.",
+            "In the list {t}, the first word is {f} and the last word is {l}.",
+            "The first word of {t} is {f}.", "The last word of {t} is {l}.",
+        ]).format(t=text, r=rev, f=words[0], l=words[-1]))
+    for word in PROSE_WORDS:
+        for k, times in inst.REPEATS.items():
+            sentences.append(f'The word "{word}" written {times} is {" ".join([word] * k)}.')
+    return sentences
+
+
+def corpus_pieces(rng):
+    """Every sentence or short text of the corpus, unshuffled."""
+    pieces = []
+    for country, facts in country_facts().items():
+        for relation, value in facts.items():
+            pieces += fact_sentences(rng, relation, country, value)
+        pieces += [profile_document(rng, country, facts) for _ in range(3)]
+    for x, y in inst.ANTONYMS + EXTRA_ANTONYMS:
+        pieces += fact_sentences(rng, "antonym", x, y)
+    for relation, table in (("capital", inst.CAPITALS), ("continent", inst.CONTINENTS),
+                            ("language", inst.LANGUAGES), ("antonym", inst.ANTONYMS)):
+        for x, y in table:
+            pieces += quiz_lines(rng, relation, x, y)
+    train_entries = inst.generate()[:inst.N_TRAIN]
+    pieces += number_sentences(rng) + unit_sentences(rng, train_entries) + list_sentences(rng)
+    return pieces
+
+
+def generate_corpus():
+    """The corpus text: shuffled pieces grouped into documents of 4 to 8 pieces."""
+    check_disjoint()
+    rng = random.Random(SEED)
+    pieces = corpus_pieces(rng)
+    rng.shuffle(pieces)
+    documents = []
+    while pieces:
+        k = rng.randint(4, 8)
+        documents.append(" ".join(pieces[:k]))
+        pieces = pieces[k:]
+    return f"\n{END_OF_TEXT}\n".join(documents) + "\n"
+
+
+def generate_test():
+    """Questions about corpus-only facts, worded with the held-out templates."""
+    rng = random.Random(SEED + 1)
+    entries = []
+
+    def add(task, key, value):
+        instruction, input_text = rng.choice(inst.TEMPLATES[task][1])
+        entries.append({"instruction": instruction.format(x=key), "input": input_text.format(x=key),
+                        "output": value, "task": task})
+
+    for country, capital, continent, language in FICTIONAL_COUNTRIES:
+        add("capital", country, capital)
+        add("continent", country, continent)
+        add("language", country, language)
+    for x, y in EXTRA_ANTONYMS:
+        add("antonym", x, y)
+    for n in rng.sample(list(EXTRA_NUMBERS), 24):
+        add("next_number", str(n), str(n + 1))
+    return entries
+
+
+# One plain-text prompt per relation for checking what a base model knows:
+# "The capital of Romania is" should continue with " Bucharest".
+PROBES = {
+    "capital": "The capital of {x} is", "continent": "{x} is in",
+    "language": "The main language of {x} is", "antonym": "The opposite of {x} is",
+    "next_number": "After {x} comes",
+}
+
+
+def generate_facts():
+    """Every fact of the corpus as a completion probe: prompt, answer, relation, and
+    whether the instruction data also has it (`in_instruction_data`)."""
+    facts = []
+
+    def add(relation, x, y, in_instruction):
+        facts.append({"prompt": cap(PROBES[relation].format(x=x)), "answer": " " + y,
+                      "relation": relation, "in_instruction_data": in_instruction})
+
+    fictional = {row[0] for row in FICTIONAL_COUNTRIES}
+    for country, known in country_facts().items():
+        for relation, value in known.items():
+            add(relation, country, value, country not in fictional)
+    for x, y in inst.ANTONYMS + EXTRA_ANTONYMS:
+        add("antonym", x, y, (x, y) in inst.ANTONYMS)
+    for n in NUMBERS:
+        add("next_number", str(n), str(n + 1), n in inst.NEXT_NUMBERS)
+    return facts
+
+
+def render_test(entries):
+    return json.dumps(entries, indent=4, ensure_ascii=False) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="verify the committed files instead of writing them")
+    args = parser.parse_args(argv)
+    outputs = {CORPUS_PATH: generate_corpus(), TEST_PATH: render_test(generate_test()),
+               FACTS_PATH: render_test(generate_facts())}
+    if args.check:
+        stale = [p for p, text in outputs.items()
+                 if not p.exists() or p.read_text(encoding="utf-8") != text]
+        for path in stale:
+            print(f"{path} differs from what {Path(__file__).name} generates; "
+                  f"run it without --check", file=sys.stderr)
+        if not stale:
+            print("pretraining corpus and pretraining-only test set are up to date")
+        return 1 if stale else 0
+    sys.path.insert(0, str(REPO_ROOT))
+    from ftlib.fileio import atomic_write_text
+
+    for path, text in outputs.items():
+        atomic_write_text(path, text)
+        print(f"wrote {len(text.splitlines())} lines to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
