@@ -22,6 +22,10 @@ CHAPTER_DATA_URL = (
 # The offline default: 1100 small tasks with exact answers, made by
 # scripts/make_instruction_data.py.
 BUNDLED_DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "instruction-data.json"
+# A second held-out set for the bundled data: questions, worded like the held-out
+# split, about facts that only the pretraining corpus states (no instruction entry
+# has them). Made by scripts/make_pretraining_corpus.py.
+PRETRAINING_ONLY_TEST_PATH = BUNDLED_DATA_PATH.parent / "pretraining-only-test.json"
 
 PROMPT_STYLES = ("alpaca", "phi3")
 

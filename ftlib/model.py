@@ -49,17 +49,25 @@ TINY_CONFIG = {
 
 TINY_NAME = "tiny"
 
+# The pretrained base that ships with the repository (models/gpt2-tiny-base/, made by
+# `make pretrain`): the tiny model's shape, with query/key/value biases as OpenAI's
+# GPT-2 has them, so it round-trips exactly through OpenAI's checkpoint layout.
+TINY_BASE_NAME = "gpt2-tiny-base"
+TINY_BASE_CONFIG = {**TINY_CONFIG, "qkv_bias": True}
+
 
 def get_config(name):
-    """Return the full config dict for `"tiny"` or one of `model_configs`' names.
+    """The full config dict for "tiny", "gpt2-tiny-base" or one of `model_configs`' names.
 
     Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     if name == TINY_NAME:
         return dict(TINY_CONFIG)
+    if name == TINY_BASE_NAME:
+        return dict(TINY_BASE_CONFIG)
     if name in model_configs:
         return {**BASE_CONFIG, **model_configs[name]}
-    allowed = ", ".join(repr(n) for n in [TINY_NAME, *model_configs])
+    allowed = ", ".join(repr(n) for n in [TINY_BASE_NAME, TINY_NAME, *model_configs])
     raise ConfigError(f"unknown model {name!r}; choose one of: {allowed}")
 
 

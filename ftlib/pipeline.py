@@ -37,6 +37,8 @@ from ftlib.generate import MAX_NEW_TOKENS
 # - GPT-2: the chapter's lr 5e-5 (and no schedule) keeps pretrained weights close to
 #   where they were; the chapter does not mask the prompt.
 MODEL_DEFAULTS = {
+    "base": {"lr": 1e-3, "epochs": 20, "batch_size": 16, "mask_prompt": True,
+             "warmup_cosine": True, "allowed_max_length": 256},
     "scratch": {"lr": 1e-3, "epochs": 20, "batch_size": 16, "mask_prompt": True,
                 "warmup_cosine": True, "allowed_max_length": 256},
     "gpt2": {"lr": 5e-5, "epochs": 2, "batch_size": 8, "mask_prompt": False,
@@ -44,6 +46,9 @@ MODEL_DEFAULTS = {
 }
 
 LEARNING_GOAL = 0.75  # held-out exact match the default offline run must reach
+# Where a run folder keeps each held-out set's answers (see `test_sets`).
+RESPONSE_FILES = {"held_out": "test-responses.json",
+                  "pretraining_only": "pretraining-only-responses.json"}
 
 
 @dataclass
@@ -93,10 +98,11 @@ POSITIVE = ("epochs", "max_steps", "batch_size", "allowed_max_length", "max_new_
 
 
 def _model_kind(name):
-    """"scratch" for the tiny model, "gpt2" for OpenAI's pretrained sizes."""
-    from ftlib.model import TINY_NAME
+    """"base" for the committed pretrained base, "scratch" for the tiny model with
+    random weights, "gpt2" for OpenAI's pretrained sizes."""
+    from ftlib.model import TINY_BASE_NAME, TINY_NAME
 
-    return "scratch" if name == TINY_NAME else "gpt2"
+    return {TINY_BASE_NAME: "base", TINY_NAME: "scratch"}.get(name, "gpt2")
 
 
 def _check_values(config):
@@ -176,23 +182,32 @@ def split_for_training(config, data):
 
 
 def build_model(config, device="cpu", log=print):
-    """The run's GPTModel on `device`: the tiny model with random weights, or OpenAI's
-    pretrained GPT-2 (downloaded to `config.weights_dir`), with LoRA if asked.
+    """The run's GPTModel on `device`: the committed pretrained base, the tiny model
+    with random weights, or OpenAI's pretrained GPT-2 (downloaded to
+    `config.weights_dir`); with LoRA if asked.
 
     Introduced in: notebooks/06_finetuning.ipynb
     """
     from ftlib.model import GPTModel, get_config
 
-    model = GPTModel(get_config(config.model))
-    if _model_kind(config.model) == "gpt2":
+    kind = _model_kind(config.model)
+    if kind == "base":
+        from ftlib.pretrain import load_base_model
+
+        model, info = load_base_model()
+        log(f"Model: {config.model}, pretrained on {info['corpus']} "
+            f"({info['fact_completion']['overall']:.0%} of its facts completed)")
+    elif kind == "gpt2":
         from ftlib.weights import download_and_load_gpt2, load_weights_into_gpt
 
+        model = GPTModel(get_config(config.model))
         size = config.model.split(" ")[-1].strip("()")  # "gpt2-medium (355M)" -> "355M"
         models_dir = config.weights_dir or Path("gpt2")
         _, params = download_and_load_gpt2(model_size=size, models_dir=models_dir)
         load_weights_into_gpt(model, params)
         log(f"Loaded OpenAI's pretrained {config.model} from {models_dir}")
     else:
+        model = GPTModel(get_config(config.model))
         log("Model: tiny GPT, random initial weights (trained from scratch here)")
     if config.lora_rank is not None:
         from ftlib.lora import add_lora
@@ -295,18 +310,34 @@ def _run_here(config, log=print, device=None):
     # whole batches, so rank 0 measures the training loss as one process would
     eval_train_loader = make_loaders(config, train, val, tokenizer, device)[0] if n_proc > 1 else None
     answer = _answerer(config, tokenizer, device, is_main_process())
+    tests = test_sets(dataset_name, test)
     with main_process_first():  # rank 0 generates; the others wait for it
-        before = answer(model, test)
+        before = {name: answer(model, entries) for name, entries in tests.items()}
     start = time.perf_counter()
     history = _train(config, model, train_loader, val_loader, eval_train_loader, device, log)
     train_time = time.perf_counter() - start
     with main_process_first():
         if not is_main_process():
             return None
-        after = answer(model, test)
+        after = {name: answer(model, entries) for name, entries in tests.items()}
         return _write_run_folder(config, model, before, after, history, train_time,
                                 {"dataset": dataset_name, "device": str(device), "n_train": len(train),
                                  "n_val": len(val), "n_test": len(test), "world_size": n_proc}, log)
+
+
+def test_sets(dataset_name, test):
+    """The held-out sets a run answers: the test split ("held_out"), and for the
+    bundled data also "pretraining_only", whose facts only the pretraining corpus
+    states (what fine-tuning can draw out of pretraining, and nothing else).
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    from ftlib.data import PRETRAINING_ONLY_TEST_PATH, load_instruction_data
+
+    sets = {"held_out": test}
+    if dataset_name == "bundled":
+        sets["pretraining_only"] = load_instruction_data(PRETRAINING_ONLY_TEST_PATH)
+    return sets
 
 
 def _answerer(config, tokenizer, device, main):
@@ -362,9 +393,11 @@ def _write_run_folder(config, model, before, after, history, train_time, facts, 
     from ftlib.scores import format_scores
 
     config.out.mkdir(parents=True, exist_ok=True)
-    for entry, old in zip(after, before):
-        entry["model_response_before"] = old["model_response"]
-    save_responses(after, config.out / "test-responses.json")
+    for name, file_name in RESPONSE_FILES.items():
+        if name in after:
+            for entry, old in zip(after[name], before[name]):
+                entry["model_response_before"] = old["model_response"]
+            save_responses(after[name], config.out / file_name)
     if history.train_losses:
         _save_loss_plot(config, history, config.out / "loss-plot.png")
     if config.lora_rank is not None:
@@ -379,6 +412,10 @@ def _write_run_folder(config, model, before, after, history, train_time, facts, 
     log(f"Held-out exact match: {metrics['held_out_exact_match_before']:.1%} before, "
         f"{metrics['held_out_exact_match_after']:.1%} after fine-tuning "
         f"({train_time:.0f} s of training). Run folder: {config.out}")
+    if "pretraining_only" in metrics:
+        only = metrics["pretraining_only"]
+        log(f"Facts only the pretraining corpus states: {only['before']['overall']['exact_match']:.1%} "
+            f"before, {only['after']['overall']['exact_match']:.1%} after")
     return metrics
 
 
@@ -406,7 +443,7 @@ def _run_metrics(config, before, after, history, train_time, facts):
     """metrics.json of a run: held-out scores before and after, timings, the learning goal."""
     from ftlib.scores import score_responses
 
-    scores_before, scores_after = score_responses(before), score_responses(after)
+    scores_before, scores_after = score_responses(before["held_out"]), score_responses(after["held_out"])
     metrics = {
         "model": config.model, **facts,
         "steps": history.step + 1,
@@ -420,7 +457,10 @@ def _run_metrics(config, before, after, history, train_time, facts):
         "before": scores_before,
         "after": scores_after,
     }
-    if _model_kind(config.model) == "scratch" and facts["dataset"] == "bundled":
+    if "pretraining_only" in after:
+        metrics["pretraining_only"] = {"before": score_responses(before["pretraining_only"]),
+                                       "after": score_responses(after["pretraining_only"])}
+    if _model_kind(config.model) != "gpt2" and facts["dataset"] == "bundled":
         exact = scores_after["overall"]["exact_match"]
         metrics["learning_goal"] = {"held_out_exact_match_at_least": LEARNING_GOAL,
                                     "met": exact >= LEARNING_GOAL}

@@ -31,25 +31,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ftlib.errors import ConfigError
-from ftlib.model import GPTModel
+from ftlib.model import TINY_BASE_CONFIG, GPTModel
 from ftlib.tokenizer import END_OF_TEXT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS_PATH = REPO_ROOT / "data" / "pretraining-corpus.txt"
 FACTS_PATH = REPO_ROOT / "data" / "pretraining-facts.json"
 BASE_MODEL_DIR = REPO_ROOT / "models" / "gpt2-tiny-base"
-
-# The base model: GPT-2's architecture and vocabulary at a laptop's size.
-# qkv_bias=True as in OpenAI's checkpoints, so the model round-trips exactly.
-BASE_CONFIG = {
-    "vocab_size": 50257,
-    "context_length": 256,   # as TINY_CONFIG: the instruction prompts fit
-    "emb_dim": 128,
-    "n_heads": 4,
-    "n_layers": 2,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
 
 # Pretraining settings; scripts/pretrain.py uses these.
 PRETRAIN_SETTINGS = {
@@ -98,7 +86,7 @@ def corpus_batches(ids, block_size, batch_size, generator):
         yield chunk[:, :-1], chunk[:, 1:]
 
 
-def new_base_model(cfg=BASE_CONFIG, seed=123):
+def new_base_model(cfg=TINY_BASE_CONFIG, seed=123):
     """A fresh GPTModel whose output head shares the token embedding's weight.
 
     Introduced in: notebooks/05_loading_gpt2.ipynb

@@ -17,7 +17,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from ftlib.pretrain import (BASE_CONFIG, BASE_MODEL_DIR, CORPUS_PATH,  # noqa: E402
+from ftlib.model import TINY_BASE_CONFIG  # noqa: E402
+from ftlib.pretrain import (BASE_MODEL_DIR, CORPUS_PATH,  # noqa: E402
                             PRETRAIN_SETTINGS, corpus_sha256, corpus_token_ids,
                             fact_completion, new_base_model, pretrain, save_base_model)
 from ftlib.tokenizer import get_gpt2_tokenizer  # noqa: E402
@@ -28,9 +29,9 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=BASE_MODEL_DIR)
     for key, value in PRETRAIN_SETTINGS.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
-    parser.add_argument("--emb-dim", type=int, default=BASE_CONFIG["emb_dim"])
-    parser.add_argument("--n-layers", type=int, default=BASE_CONFIG["n_layers"])
-    parser.add_argument("--n-heads", type=int, default=BASE_CONFIG["n_heads"])
+    parser.add_argument("--emb-dim", type=int, default=TINY_BASE_CONFIG["emb_dim"])
+    parser.add_argument("--n-layers", type=int, default=TINY_BASE_CONFIG["n_layers"])
+    parser.add_argument("--n-heads", type=int, default=TINY_BASE_CONFIG["n_heads"])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the committed base was trained so; results
                         are bit-identical only at the same thread count)")
@@ -38,7 +39,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    cfg = {**BASE_CONFIG, "emb_dim": args.emb_dim, "n_layers": args.n_layers, "n_heads": args.n_heads}
+    cfg = {**TINY_BASE_CONFIG, "emb_dim": args.emb_dim, "n_layers": args.n_layers, "n_heads": args.n_heads}
     settings = {key: getattr(args, key) for key in PRETRAIN_SETTINGS}
     tokenizer = get_gpt2_tokenizer()
     ids = corpus_token_ids(tokenizer)
