@@ -299,7 +299,6 @@ def _run_here(config, log=print, device=None):
 def _check_run(config, n_proc, device, log):
     """Every check of the settings and the data, before anything is written or built:
     (resolved config, device, the run's data, loaders and resume state)."""
-    from ftlib import set_seed
     from ftlib.device import get_device
     from ftlib.distributed import rank
     from ftlib.tokenizer import get_gpt2_tokenizer
@@ -314,7 +313,6 @@ def _check_run(config, n_proc, device, log):
         raise ConfigError(f"--resume: no checkpoint at {config.out / 'checkpoint.pt'}")
     device = device or get_device(config.device)
     dataset_name, data = load_data(config, log)
-    set_seed(config.seed)
     train, test, val = split_for_training(config, data)
     resume_state = _read_resume_state(config, train) if config.resume else None
     if len(test) > MAX_HELD_OUT:
@@ -330,10 +328,12 @@ def _check_run(config, n_proc, device, log):
 
 def _run_in_folder(config, device, run, folder, log):
     """Build the model, answer, train, answer again, write into `folder` and commit it."""
+    from ftlib import set_seed
     from ftlib.distributed import is_main_process, main_process_first, world_size
 
     n_proc = world_size()
     with main_process_first():
+        set_seed(config.seed)  # the model's initial weights, and what follows
         model = build_model(config, device, log)
     train, val, test, tokenizer = run["train"], run["val"], run["test"], run["tokenizer"]
     # whole batches, so rank 0 measures the training loss as one process would
