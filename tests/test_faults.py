@@ -317,6 +317,21 @@ def test_safetensors_with_unexpected_keys_names_the_file(tmp_path):
 
 # --- HTTP servers on 127.0.0.1 that misbehave on purpose ------------------------------
 
+def _read_request(conn):
+    """Read one HTTP request (headers and a Content-Length body); its content does not matter."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        body += conn.recv(65536) or b"x" * length
+
+
 class RawServer:
     """Answers each connection with `reply(conn)` (it writes what it likes), on 127.0.0.1."""
 
@@ -336,9 +351,10 @@ class RawServer:
                 continue
             with conn:
                 conn.settimeout(5)
-                conn.recv(65536)  # the request; its content does not matter here
                 try:
+                    _read_request(conn)  # all of it: unread bytes would make close() a reset
                     self.reply(conn, self.stop)
+                    conn.shutdown(socket.SHUT_WR)
                 except OSError:
                     pass
 
