@@ -59,16 +59,7 @@ def load_instruction_data(path):
         raise DataError(f"{path}: is a folder, not a JSON file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-        ) from None
+    data = _read_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: the top level must be a list of entries, got {_type_name(data)}")
     if not data:
@@ -91,6 +82,9 @@ def load_instruction_data(path):
                     f"{path}: entry {i}: field {field!r} must be a string, "
                     f"got {_type_name(item[field])}"
                 )
+        for field in ("instruction", "output"):
+            if not item[field].strip():
+                raise DataError(f"{path}: entry {i}: field {field!r} is empty or only whitespace")
         extras = {k: v for k, v in item.items() if k not in ("instruction", "input", "output")}
         entries.append({
             "instruction": item["instruction"],
@@ -99,6 +93,28 @@ def load_instruction_data(path):
             **extras,
         })
     return entries
+
+
+def _read_json(path):
+    """The JSON value in the file `path` (UTF-8, a byte-order mark allowed); DataError
+    naming the file if it cannot be read, is not UTF-8, or is not JSON Python can hold
+    (nested too deep, or a number of thousands of digits)."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise DataError(f"{path}: the JSON is nested too deeply to read") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise DataError(f"{path}: JSON that cannot be read: {exc}") from None
 
 
 def download_and_load_file(file_path, url):

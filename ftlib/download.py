@@ -6,15 +6,20 @@ goes through `download_file`, so the rules are the same everywhere:
 - a file that is already complete at `dest` is not fetched again, and works offline;
 - bytes arrive in `dest + ".part"`; only a complete body is renamed onto `dest`,
   so an interrupted download never leaves a half file at `dest`;
-- re-running after an interruption resumes from the `.part` with an HTTP Range request;
+- re-running after an interruption resumes from the `.part` with an HTTP Range request,
+  only if the server's file is the version the `.part` came from (If-Range);
+- a body is complete only if its length was announced (or its sha256 is given and
+  matches), and the whole download has a deadline, not only each read;
 - every failure is a `DownloadError` that names the URL.
 
 Not in a notebook: notebooks download through `download_and_load_file` (01) and
 `download_and_load_gpt2` (05), which call this module.
 """
 
+import hashlib
 import http.client
 import os
+import time
 import urllib.error
 import urllib.request
 import warnings
@@ -72,17 +77,46 @@ def remote_size(url, *, timeout=30.0):
         return _content_length(r)  # closing now, before reading, skips the body
 
 
+# A total limit on one download, whatever the per-read `timeout`: a server that
+# trickles a byte a second never times out a read. 3 hours fetch the largest GPT-2
+# checkpoint (6.2 GB) at 600 KB/s.
+DOWNLOAD_DEADLINE_S = 3 * 3600
+
+
+class _Deadline:
+    """The time left for one download; `check()` raises DownloadError once it is spent."""
+
+    def __init__(self, url, seconds):
+        self.url, self.seconds = url, seconds
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def timeout(self, per_read):
+        """The socket timeout to use now: the per-read one, or less when time is short."""
+        return per_read if self.end is None else max(0.01, min(per_read, self.end - time.monotonic()))
+
+    def check(self, part=None):
+        if self.end is not None and time.monotonic() > self.end:
+            kept = f"; the bytes so far are kept in {part}, run it again to resume" if part else ""
+            raise DownloadError(f"Download too slow: {self.url} did not finish within "
+                                f"{self.seconds:g} s{kept}")
+
+
 def download_file(
-    url, dest, *, timeout=30.0, progress=True, desc=None, resume=True, chunk_size=1 << 16
+    url, dest, *, timeout=30.0, progress=True, desc=None, resume=True, chunk_size=1 << 16,
+    sha256=None, deadline=DOWNLOAD_DEADLINE_S,
 ):
     """Download `url` to `dest` and return `dest` as a Path.
 
-    - If `dest` exists with the size the server reports, nothing is fetched. If the
-      server cannot be asked (offline), an existing `dest` is used with a warning.
+    - If `dest` exists with the size the server reports (and the `sha256` given, if
+      any), nothing is fetched. If the server cannot be asked (offline), an existing
+      `dest` is used with a warning.
     - Bytes go to `dest.part`; with `resume=True` an existing `.part` is continued
-      with a Range request. Only a complete body is renamed onto `dest`.
-    - `timeout` (seconds) applies to connecting and to each read; `progress` shows a
-      tqdm bar labelled `desc` (default: the file name).
+      with a Range request, only if the server's file is still the version the `.part`
+      came from (`If-Range` with its ETag or Last-Modified, kept in `dest.part.version`).
+      Only a complete body is renamed onto `dest`: its length must be known (a
+      Content-Length, or `sha256`), and it must match `sha256` when given.
+    - `timeout` (seconds) applies to connecting and to each read, `deadline` to the
+      whole download (None: no limit); `progress` shows a tqdm bar labelled `desc`.
     - Any failure raises `DownloadError` naming the URL; after a dropped connection,
       calling again resumes where it stopped.
 
@@ -92,30 +126,78 @@ def download_file(
     Introduced in: notebooks/01_instruction_data.ipynb
     """
     dest = Path(dest)
+    if dest.is_dir():
+        raise DownloadError(f"Cannot download {url} to {dest}: it is a folder")
     part = _part_path(dest)
-    if dest.exists() and _local_copy_is_current(url, dest, timeout):
+    if dest.exists() and _local_copy_is_current(url, dest, timeout, sha256):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    start = part.stat().st_size if resume and part.exists() else 0
-    response = _open(url, part, start, timeout)
-    if response is None:  # our .part could not be continued: start over
-        return download_file(url, dest, timeout=timeout, progress=progress, desc=desc,
-                             resume=False, chunk_size=chunk_size)
+    clock = _Deadline(url, deadline)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"Cannot download {url} to {dest}: {exc.strerror or exc}") from None
+    version = _saved_version(part) if resume else None
+    start = part.stat().st_size if version and part.exists() else 0
+    response = _open(url, part, start, version, clock.timeout(timeout))
     with response:
-        received, expected = _receive(response, url, part, start, chunk_size,
+        received, expected = _receive(response, url, part, start, chunk_size, clock,
                                       tqdm_kwargs={"desc": desc or dest.name, "disable": not progress})
+    _check_complete(url, part, received, expected, sha256)
+    os.replace(part, dest)
+    _version_path(part).unlink(missing_ok=True)
+    return dest
+
+
+def _version_path(part):
+    """Where the version (ETag or Last-Modified) of the file a `.part` came from is kept."""
+    return part.with_name(part.name + ".version")
+
+
+def _saved_version(part):
+    """The version a `.part` came from, or None (then it cannot be resumed safely)."""
+    try:
+        return _version_path(part).read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_complete(url, part, received, expected, sha256):
+    """Raise DownloadError unless `part` holds the whole body (and the expected sha256)."""
     if expected is not None and received != expected:
         raise DownloadError(
             f"Download interrupted: {url}: the connection closed after {received} of "
             f"{expected} bytes; they are kept in {part}. Run it again to resume."
         )
-    os.replace(part, dest)
-    return dest
+    if sha256 is None and expected is None:
+        _discard(part)
+        raise DownloadError(
+            f"Download failed: {url}: the server sent no Content-Length, so a body cut short "
+            "cannot be told from a complete one; pass the file's sha256 to check it")
+    if sha256 is not None and _file_sha256(part) != sha256.lower():
+        _discard(part)
+        raise DownloadError(f"Download failed: {url}: the file's sha256 is not the expected "
+                            f"{sha256}; it was deleted, run again to download it anew")
 
 
-def _local_copy_is_current(url, dest, timeout):
+def _discard(part):
+    part.unlink(missing_ok=True)
+    _version_path(part).unlink(missing_ok=True)
+
+
+def _local_copy_is_current(url, dest, timeout, sha256=None):
     """True when `dest` has the size the server reports (or the server cannot say,
-    or cannot be asked: then a warning, and the local copy is used)."""
+    or cannot be asked: then a warning, and the local copy is used). With `sha256`,
+    True exactly when the local copy has it."""
+    if sha256 is not None:
+        return _file_sha256(dest) == sha256.lower()
     try:
         expected = remote_size(url, timeout=timeout)
     except _REQUEST_ERRORS as exc:
@@ -126,28 +208,28 @@ def _local_copy_is_current(url, dest, timeout):
     return expected is None or expected == dest.stat().st_size
 
 
-def _open(url, part, start, timeout):
-    """The server's response, asking for bytes `start`- when resuming; None when the
-    server cannot continue our .part (it is deleted: the caller starts over)."""
+def _open(url, part, start, version, timeout):
+    """The server's response, asking for bytes `start`- of the same `version` when
+    resuming (If-Range: another version makes the server send the whole file)."""
     request = urllib.request.Request(url)
     if start > 0:
         request.add_header("Range", f"bytes={start}-")
+        request.add_header("If-Range", version)
     try:
         return urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and start > 0:
-            # Our .part is not a prefix the server can continue (e.g. the file changed
-            # on the server): drop it and start over.
-            part.unlink()
-            return None
+            # Our .part is not a prefix the server can continue: start over.
+            _discard(part)
+            return _open(url, part, 0, None, timeout)
         raise DownloadError(f"Download failed: {_describe(url, exc)}") from exc
     except _REQUEST_ERRORS as exc:
         raise DownloadError(f"Download failed: {_describe(url, exc)}") from exc
 
 
-def _receive(response, url, part, start, chunk_size, tqdm_kwargs):
-    """Write the body into `part` (appended after a 206, anew after a 200), with a
-    progress bar; returns (bytes in `part`, the size expected or None)."""
+def _body_start(response, url, part, start):
+    """(file mode, first byte) for the body: append after a 206 that continues our
+    .part, write anew after a 200 (and remember the version it is)."""
     if response.status == 206:
         content_range = response.headers.get("Content-Range", "")
         if not content_range.startswith(f"bytes {start}-"):
@@ -155,9 +237,18 @@ def _receive(response, url, part, start, chunk_size, tqdm_kwargs):
                 f"Download failed: {url}: asked for bytes {start}- but the server "
                 f"sent {content_range or 'no Content-Range'}; delete {part} to start over."
             )
-        mode = "ab"  # the server continues where our .part stops
-    else:
-        mode, start = "wb", 0  # a 200 is the whole file: start over
+        return "ab", start
+    version = response.headers.get("ETag") or response.headers.get("Last-Modified")
+    _version_path(part).unlink(missing_ok=True)
+    if version:  # without one, a later run cannot know it resumes the same file
+        _version_path(part).write_text(version, encoding="utf-8")
+    return "wb", 0
+
+
+def _receive(response, url, part, start, chunk_size, clock, tqdm_kwargs):
+    """Write the body into `part` (appended after a 206, anew after a 200), with a
+    progress bar; returns (bytes in `part`, the size expected or None)."""
+    mode, start = _body_start(response, url, part, start)
     body_length = _content_length(response)
     expected = None if body_length is None else start + body_length
     received = start
@@ -165,10 +256,13 @@ def _receive(response, url, part, start, chunk_size, tqdm_kwargs):
                **tqdm_kwargs)
     try:
         with bar, open(part, mode) as f:
-            while chunk := response.read(chunk_size):
+            while chunk := response.read1(chunk_size):  # whatever has arrived, not a full chunk
                 f.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
+                clock.check(part)
+    except DownloadError:
+        raise  # the deadline (a DownloadError is an OSError too)
     except _REQUEST_ERRORS as exc:
         raise DownloadError(
             f"Download interrupted: {_describe(url, exc)}; {received} of "

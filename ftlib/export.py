@@ -140,6 +140,7 @@ def save_hf_model(model, out_dir, source=None):
 
     Introduced in: notebooks/07_evaluation.ipynb
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     cfg = model.cfg
@@ -153,8 +154,11 @@ def save_hf_model(model, out_dir, source=None):
     state = gpt_to_hf_state_dict(model)
     dtype = model.tok_emb.weight.dtype
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as exc:  # a read-only or missing place, a file in the way
+        raise FtlibError(f"cannot write the export folder {out_dir}: {exc.strerror or exc}") from None
     try:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         files = {
@@ -176,6 +180,9 @@ def save_hf_model(model, out_dir, source=None):
             (tmp / name).write_bytes(data)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
         _replace_dir(tmp, out_dir)
+    except (OSError, SafetensorError) as exc:  # e.g. the disk is full
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FtlibError(f"cannot write the export folder {out_dir}: {exc}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -53,5 +53,6 @@ def atomic_write_text(path, text: str, encoding="utf-8"):
 
 
 def atomic_write_json(path, obj, indent=2):
-    """Write `obj` as JSON (UTF-8, non-ASCII kept readable) to `path` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+    """Write `obj` as JSON (UTF-8, non-ASCII kept readable) to `path` atomically.
+    NaN and infinity are refused (ValueError): they are not JSON, and other readers fail on them."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False) + "\n")

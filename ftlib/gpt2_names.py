@@ -26,6 +26,7 @@ Not in a notebook: the table's machinery; notebook 05 prints the table itself
 (`GPT2_NAMES`) and `load_weights_into_gpt`, which reads it.
 """
 
+import re
 from collections import namedtuple
 
 import torch
@@ -218,20 +219,29 @@ def hf_state_dict_to_params(state_dict):
     """A Hugging Face GPT-2 state dict -> `params` in OpenAI's layout; only the names change.
 
     Keys may start with "transformer." or not (openai-community/gpt2's files have
-    none). Keys outside the table are skipped: lm_head.weight (tied to the token
-    embedding), and the causal-mask buffers h.N.attn.bias / h.N.attn.masked_bias
-    of older files.
+    none). Two kinds of keys outside the table are skipped: lm_head.weight (tied to
+    the token embedding), and the causal-mask buffers h.N.attn.bias /
+    h.N.attn.masked_bias of older files; any other key is a ConfigError naming it.
 
     Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     state = {key.removeprefix(HF_SCOPE): tensor for key, tensor in state_dict.items()}
     blocks = sorted({int(key.split(".")[1]) for key in state
-                     if key.startswith("h.") and key.split(".")[1].isdigit()})
+                     if re.fullmatch(r"h\.[0-9]+\..*", key)})
     if blocks != list(range(len(blocks))):
-        raise ConfigError(f"the safetensors file has blocks {blocks}: some are missing")
+        raise ConfigError(f"the safetensors file has blocks {blocks[:5]}: some are missing")
+    rows = {row.hf.removeprefix(HF_SCOPE): row for row in gpt2_rows(len(blocks))}
+    unknown = [key for key in state if key not in rows and not _SKIPPED_HF_KEY.fullmatch(key)]
+    if unknown:
+        raise ConfigError(f"the safetensors file has keys GPT-2 does not have: {unknown[:3]}"
+                          + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""))
     params = {"blocks": [{} for _ in blocks]}
-    for row in gpt2_rows(len(blocks)):
-        key = row.hf.removeprefix(HF_SCOPE)
+    for key, row in rows.items():
         if row.how != TIED and key in state:
             set_param(params, row.openai, state[key])
     return params
+
+
+# Keys a Hugging Face GPT-2 file may hold beside the table: the tied head, and the
+# causal-mask buffers of older files.
+_SKIPPED_HF_KEY = re.compile(r"lm_head\.weight|h\.[0-9]+\.attn\.(bias|masked_bias)")

@@ -6,9 +6,11 @@ needs Ollama running (`ollama serve`) with the judge model pulled; the requests 
 to Ollama's HTTP API with the standard library alone.
 """
 
+import http.client
 import json
 import re
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,6 +25,9 @@ JUDGE_MODEL = "llama3"  # the chapter's judge: Llama 3 8B Instruct, via Ollama
 # The chapter's options: a fixed seed and temperature 0 make the judge repeatable;
 # 2048 tokens of context hold the prompt, the reference and the response.
 JUDGE_OPTIONS = {"seed": 123, "temperature": 0, "num_ctx": 2048}
+# A whole reply is a few tokens; 10 minutes leaves room for loading the model first,
+# and stops a server that trickles a line now and then from holding the loop forever.
+QUERY_DEADLINE_S = 600
 
 
 def _start_ollama_hint(url, model):
@@ -42,14 +47,15 @@ def _ollama_error_text(body):
         return text or "(no message)"
 
 
-def query_model(prompt, model=JUDGE_MODEL, url=OLLAMA_URL, timeout=300):
+def query_model(prompt, model=JUDGE_MODEL, url=OLLAMA_URL, timeout=300, deadline=QUERY_DEADLINE_S):
     """Send `prompt` to a model served by Ollama's chat API and return its reply text.
 
     The request is the chapter's: one user message, with options seed 123,
     temperature 0 and num_ctx 2048. Ollama streams its answer as JSON lines, each
     with a piece of `message.content`, the last with `"done": true`; the pieces
-    are joined. `timeout` is in seconds per network read (the first reply can take
-    a while, as Ollama loads the model).
+    are joined (`read_ollama_stream`: a stream cut before the last line is an error).
+    `timeout` is in seconds per network read (the first reply can take a while, as
+    Ollama loads the model); `deadline` bounds the whole reply.
 
     Raises `FtlibError` if nothing listens at `url` (the message says how to start
     Ollama) and, for an HTTP error such as an unknown model, with Ollama's message.
@@ -62,24 +68,9 @@ def query_model(prompt, model=JUDGE_MODEL, url=OLLAMA_URL, timeout=300):
         url, data=json.dumps(body).encode("utf-8"),
         headers={"Content-Type": "application/json"}, method="POST",
     )
-    pieces = []
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            for line in response:  # one JSON object per line
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    message = json.loads(line)
-                except ValueError as exc:
-                    raise FtlibError(
-                        f"the reply from {url} is not Ollama's JSON lines: {line[:200]!r}"
-                    ) from exc
-                if "error" in message:
-                    raise FtlibError(f"Ollama at {url} reported an error: {message['error']}")
-                pieces.append((message.get("message") or {}).get("content", ""))
-                if message.get("done"):
-                    break
+            return read_ollama_stream(_timed_lines(response, url, deadline), url)
     except urllib.error.HTTPError as exc:
         error = _ollama_error_text(exc.read())
         hint = f" (download it with `ollama pull {model}`)" if exc.code == 404 else ""
@@ -96,9 +87,61 @@ def query_model(prompt, model=JUDGE_MODEL, url=OLLAMA_URL, timeout=300):
             f"Ollama at {url} did not answer within {timeout} s; a first request loads "
             "the model and can be slow: try again, or pass a larger timeout"
         ) from exc
-    except ConnectionError as exc:
-        raise FtlibError(f"the connection to Ollama at {url} broke: {exc}") from exc
-    return "".join(pieces)
+    except (ConnectionError, http.client.HTTPException) as exc:  # reset, or a cut chunk
+        raise FtlibError(f"the connection to Ollama at {url} broke: {exc!r}") from exc
+
+
+def _ollama_line(line, url):
+    """One line of Ollama's stream as a dict; FtlibError if it is not such a message."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        message = None
+    if not isinstance(message, dict):
+        raise FtlibError(f"the reply from {url} is not Ollama's JSON lines: {line[:200]!r}")
+    if "error" in message:
+        raise FtlibError(f"Ollama at {url} reported an error: {message['error']}")
+    body = message.get("message", {})
+    text = body.get("content", "") if isinstance(body, dict) else None
+    if not isinstance(text, str):
+        raise FtlibError(f"the reply from {url} has no text in message.content: {line[:200]!r}")
+    return message, text
+
+
+def read_ollama_stream(lines, url=OLLAMA_URL):
+    """The reply text of Ollama's streamed answer: the `message.content` pieces of its
+    JSON lines, joined. The stream must end with a line that has `"done": true`;
+    one that closes before it (a cut connection, a crashed server) raises FtlibError,
+    so a cut reply ("8" of "85") is never taken for the whole one.
+
+    Not in a notebook: the wire format under `query_model`.
+    """
+    pieces = []
+    for raw in lines:  # one JSON object per line
+        line = raw.strip()
+        if not line:
+            continue
+        message, text = _ollama_line(line, url)
+        pieces.append(text)
+        if message.get("done") is True:
+            return "".join(pieces)
+    raise FtlibError(f"the reply from {url} ended before Ollama's final message "
+                     f"(\"done\": true); the partial reply {''.join(pieces)[:60]!r} is not used")
+
+
+def _timed_lines(response, url, deadline):
+    """The lines of `response` as they arrive; FtlibError once `deadline` seconds have
+    passed (each read waits at most the socket's timeout, so this bounds the whole)."""
+    end = None if deadline is None else time.monotonic() + deadline
+    buffer = b""
+    while chunk := response.read1(1 << 16):
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        yield from complete
+        if end is not None and time.monotonic() > end:
+            raise FtlibError(f"Ollama at {url} did not finish its reply within {deadline:g} s")
+    if buffer:
+        yield buffer
 
 
 def _host_port(url):

@@ -7,6 +7,7 @@ plain containers are read, never code (`torch.load(..., weights_only=True)`), an
 file that is missing, unreadable or not a dict stops with one message naming it.
 """
 
+import errno
 import json
 import random
 import re
@@ -69,8 +70,18 @@ def save_model(model, path):
 
     Introduced in: notebooks/07_evaluation.ipynb
     """
+    _torch_save(model.state_dict(), path)
+
+
+def _torch_save(obj, path):
+    """`torch.save(obj, path)` atomically; a failed write (a full disk: torch says only
+    "enforce fail ... unexpected pos") is an OSError naming the file."""
     with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "write failed"
+            raise OSError(errno.EIO, f"could not write {path} (is the disk full? {reason})") from None
 
 
 def load_model_state(model, path, map_location=None):
@@ -193,8 +204,7 @@ def save_checkpoint(path, model, optimizer, step, scheduler=None, extra=None):
         "rng": _rng_states(),
         "extra": extra or {},
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    _torch_save(state, path)
 
 
 def load_checkpoint(path, model, optimizer=None, scheduler=None, map_location="cpu"):
@@ -203,10 +213,26 @@ def load_checkpoint(path, model, optimizer=None, scheduler=None, map_location="c
     Introduced in: notebooks/06_finetuning.ipynb
     """
     state = read_torch_file(path, what="ftlib checkpoint", map_location=map_location)
-    model.load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    _set_rng_states(state["rng"])
+    return restore_checkpoint(state, model, optimizer, scheduler, path)
+
+
+def restore_checkpoint(state, model, optimizer=None, scheduler=None, path="the checkpoint"):
+    """Put a checkpoint read with `read_torch_file` back into model, optimizer,
+    scheduler and the RNGs; returns `state`. A checkpoint of another model (another
+    width, LoRA added or removed) raises ConfigError naming `path`.
+
+    Not in a notebook: `load_checkpoint` in two steps, so the pipeline reads a
+    checkpoint once, checks its settings, then restores it.
+    """
+    try:
+        model.load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        _set_rng_states(state["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path} does not fit this run's model (was it made with another "
+                          f"--model or --lora-rank?): {first}") from None
     return state

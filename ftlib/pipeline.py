@@ -18,12 +18,17 @@ Each step is a plain function a notebook can call on its own (`build_model`,
     checkpoint.pt        model + optimizer + step, for --resume
 
 Every error a user can cause (a malformed data file, an unknown model, a missing
-weights folder) raises an `FtlibError` before anything is written.
+weights folder) raises an `FtlibError` before anything is written (`_check_run`).
+The run folder is written whole or not at all (ftlib/runfolder.py): locked, written
+into a temporary folder beside it, switched into place only when the run succeeds.
 Under torchrun each process trains on its share of every batch; rank 0 alone logs
 and writes the run folder (ftlib/distributed.py).
 """
 
 import dataclasses
+import hashlib
+import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +54,9 @@ LEARNING_GOAL = 0.75  # held-out exact match the default offline run must reach
 # Where a run folder keeps each held-out set's answers (see `test_sets`).
 RESPONSE_FILES = {"held_out": "test-responses.json",
                   "pretraining_only": "pretraining-only-responses.json"}
+# Held-out entries answered before and after training: generating is slow, and a huge
+# data file (45,000 test entries in a 450,000-entry file) would spend hours on it.
+MAX_HELD_OUT = 1000
 
 
 @dataclass
@@ -116,8 +124,10 @@ def _check_values(config):
     for name in ("lr", "lora_alpha", "grad_clip", "weight_decay"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
-                                  or not value >= 0 or (value == 0 and name != "weight_decay")):
-            raise ConfigError(f"{option(name)} must be a positive number, got {value!r}")
+                                  or not 0 <= value < math.inf or (value == 0 and name != "weight_decay")):
+            raise ConfigError(f"{option(name)} must be a positive, finite number, got {value!r}")
+    if not isinstance(config.seed, int) or isinstance(config.seed, bool) or not 0 <= config.seed < 2**64:
+        raise ConfigError(f"--seed must be a whole number from 0 to 2**64 - 1, got {config.seed!r}")
     if config.dataset not in ("bundled", "chapter"):
         raise ConfigError(f"unknown dataset {config.dataset!r}; choose 'bundled' or 'chapter'")
 
@@ -138,6 +148,10 @@ def resolve_config(config):
         raise ConfigError(f"unknown batching {config.batching!r}; choose one of {BATCHING_STRATEGIES}")
     if config.prompt_style not in PROMPT_STYLES:
         raise ConfigError(f"unknown prompt style {config.prompt_style!r}; choose one of {PROMPT_STYLES}")
+    if config.lora_rank is not None and config.lora_rank > cfg["emb_dim"]:
+        # a rank above the layers' width adds parameters and memory, not expressiveness
+        raise ConfigError(f"--lora-rank must be at most {cfg['emb_dim']} (the width of "
+                          f"{config.model}), got {config.lora_rank}")
     kind = _model_kind(config.model)
     if config.weights_dir is not None and kind == "gpt2" and not Path(config.weights_dir).is_dir():
         raise ConfigError(f"--weights-dir {config.weights_dir}: no such folder")
@@ -284,45 +298,158 @@ def _quiet(*args, **kwargs):
 
 def _run_here(config, log=print, device=None):
     """`finetune` in this process (`device` is given under torchrun)."""
-    from ftlib import set_seed
-    from ftlib.device import get_device
-    from ftlib.distributed import is_main_process, main_process_first, rank, world_size
-    from ftlib.tokenizer import get_gpt2_tokenizer
+    from ftlib.distributed import is_main_process, main_process_first, world_size
+    from ftlib.runfolder import prepare_run_folder, run_folder
 
     n_proc = world_size()
     # Rank 0 checks the settings and downloads first; the others then read what it
     # fetched, or stop quietly if it failed.
     with main_process_first():
-        config = resolve_config(config)
-        if config.batch_size % n_proc:
-            raise ConfigError(f"batch size {config.batch_size} cannot be shared evenly by {n_proc} "
-                              f"processes; choose a multiple of {n_proc} (--batch-size)")
-        if config.resume and not (config.out / "checkpoint.pt").is_file():
-            raise ConfigError(f"--resume: no checkpoint at {config.out / 'checkpoint.pt'}")
-        device = device or get_device(config.device)
-        dataset_name, data = load_data(config, log)
-        set_seed(config.seed)
-        train, test, val = split_for_training(config, data)
-        log(f"Data: {dataset_name}: {len(train)} train, {len(val)} validation, {len(test)} test entries")
-        tokenizer = get_gpt2_tokenizer()
+        config, device, run = _check_run(config, n_proc, device, log)
+        folder = prepare_run_folder(config.out) if is_main_process() else None
+    with run_folder(folder):
+        return _run_in_folder(config, device, run, folder, log)
+
+
+def _check_run(config, n_proc, device, log):
+    """Every check of the settings and the data, before anything is written or built:
+    (resolved config, device, the run's data, loaders and resume state)."""
+    from ftlib.device import get_device
+    from ftlib.distributed import rank
+    from ftlib.tokenizer import get_gpt2_tokenizer
+
+    config = resolve_config(config)
+    if config.batch_size % n_proc:
+        raise ConfigError(f"batch size {config.batch_size} cannot be shared evenly by {n_proc} "
+                          f"processes; choose a multiple of {n_proc} (--batch-size)")
+    if config.out.exists() and not config.out.is_dir():
+        raise ConfigError(f"--out {config.out}: is a file, not a folder")
+    if config.resume and not (config.out / "checkpoint.pt").is_file():
+        raise ConfigError(f"--resume: no checkpoint at {config.out / 'checkpoint.pt'}")
+    device = device or get_device(config.device)
+    dataset_name, data = load_data(config, log)
+    train, test, val = split_for_training(config, data)
+    resume_state = _read_resume_state(config, train) if config.resume else None
+    if len(test) > MAX_HELD_OUT:
+        log(f"Held-out: answering the first {MAX_HELD_OUT} of {len(test)} test entries")
+        test = test[:MAX_HELD_OUT]
+    log(f"Data: {dataset_name}: {len(train)} train, {len(val)} validation, {len(test)} test entries")
+    tokenizer = get_gpt2_tokenizer()
+    loaders = make_loaders(config, train, val, tokenizer, device, rank(), n_proc)
+    _check_something_to_learn(config, loaders[0].dataset, log)
+    return config, device, dict(dataset=dataset_name, train=train, val=val, test=test,
+                                tokenizer=tokenizer, loaders=loaders, resume_state=resume_state)
+
+
+def _run_in_folder(config, device, run, folder, log):
+    """Build the model, answer, train, answer again, write into `folder` and commit it."""
+    from ftlib import set_seed
+    from ftlib.distributed import is_main_process, main_process_first, world_size
+
+    n_proc = world_size()
+    with main_process_first():
+        set_seed(config.seed)  # the model's initial weights, and what follows
         model = build_model(config, device, log)
-    train_loader, val_loader = make_loaders(config, train, val, tokenizer, device, rank(), n_proc)
+    train, val, test, tokenizer = run["train"], run["val"], run["test"], run["tokenizer"]
     # whole batches, so rank 0 measures the training loss as one process would
     eval_train_loader = make_loaders(config, train, val, tokenizer, device)[0] if n_proc > 1 else None
     answer = _answerer(config, tokenizer, device, is_main_process())
-    tests = test_sets(dataset_name, test)
+    tests = test_sets(run["dataset"], test)
     with main_process_first():  # rank 0 generates; the others wait for it
         before = {name: answer(model, entries) for name, entries in tests.items()}
     start = time.perf_counter()
-    history = _train(config, model, train_loader, val_loader, eval_train_loader, device, log)
+    history = _train(config, model, *run["loaders"], eval_train_loader, device, log,
+                     folder, run["resume_state"], _resume_settings(config, train))
     train_time = time.perf_counter() - start
     with main_process_first():
         if not is_main_process():
             return None
         after = {name: answer(model, entries) for name, entries in tests.items()}
-        return _write_run_folder(config, model, before, after, history, train_time,
-                                {"dataset": dataset_name, "device": str(device), "n_train": len(train),
-                                 "n_val": len(val), "n_test": len(test), "world_size": n_proc}, log)
+        metrics = _write_run_folder(config, model, before, after, history, train_time,
+                                    {"dataset": run["dataset"], "device": str(device),
+                                     "n_train": len(train), "n_val": len(val), "n_test": len(test),
+                                     "world_size": n_proc}, log, out=folder.work)
+        folder.commit()
+        return metrics
+
+
+def _check_something_to_learn(config, train_items, log):
+    """ConfigError when `--allowed-max-length` cuts every training entry before its
+    response (with the prompt masked, such an entry has no target: nothing to learn)."""
+    lengths = getattr(getattr(train_items, "dataset", None), "prompt_lengths", None)
+    if not config.mask_prompt or not lengths:
+        return
+    # the first response token is target number prompt_length - 1 (counting from 0)
+    kept = sum(length <= config.allowed_max_length for length in lengths)
+    if kept == 0:
+        raise ConfigError(
+            f"--allowed-max-length {config.allowed_max_length} cuts every training entry "
+            f"before its response (the shortest prompt is {min(lengths)} tokens): there is "
+            "nothing to learn; raise it, or use --no-mask-prompt")
+    if kept < len(lengths):
+        log(f"Note: --allowed-max-length {config.allowed_max_length} cuts {len(lengths) - kept} "
+            f"of {len(lengths)} training entries before their response; they teach nothing")
+
+
+# What a resumed run must share with the run that wrote its checkpoint, and the
+# option that sets each (epochs and max_steps may change: a run can be extended).
+RESUME_SETTINGS = {"model": "--model", "model_config": "--model (its config)",
+                   "lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha",
+                   "batch_size": "--batch-size", "prompt_style": "--prompt-style",
+                   "mask_prompt": "--mask-prompt", "batching": "--batching",
+                   "allowed_max_length": "--allowed-max-length", "seed": "--seed",
+                   "training_data": "--data/--dataset/--max-train-entries (the training entries)"}
+
+
+def _resume_settings(config, train):
+    """The RESUME_SETTINGS of this run (the training entries as a sha256 of their JSON)."""
+    from ftlib.model import get_config
+
+    data = json.dumps(train, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    values = {key: getattr(config, key, None) for key in RESUME_SETTINGS}
+    return {**values, "model_config": get_config(config.model),
+            "training_data": hashlib.sha256(data).hexdigest()}
+
+
+def _read_resume_state(config, train):
+    """The checkpoint to resume from, read once; ConfigError if it was made with
+    other settings (RESUME_SETTINGS) than this run's."""
+    from ftlib.modelfiles import read_torch_file
+
+    path = config.out / "checkpoint.pt"
+    state = read_torch_file(path, what="ftlib checkpoint")
+    extra = state.get("extra")
+    saved = extra.get("run") if isinstance(extra, dict) else None
+    if isinstance(saved, dict):  # checkpoints of older versions have none
+        for key, value in _resume_settings(config, train).items():
+            if saved.get(key) != value:
+                shown = "other entries" if key == "training_data" else repr(saved.get(key))
+                raise ConfigError(f"--resume: {path} was made with {RESUME_SETTINGS[key]} {shown}, "
+                                  f"not this run's; resume with the same settings, or run without --resume")
+    _check_checkpoint_fits(config, state, path)
+    return state
+
+
+def _check_checkpoint_fits(config, state, path):
+    """ConfigError unless the checkpoint's weights have this run's names and shapes
+    (checked on the meta device: no memory, no time)."""
+    import torch
+
+    from ftlib.lora import add_lora
+    from ftlib.model import GPTModel, get_config
+
+    with torch.device("meta"):
+        model = GPTModel(get_config(config.model))
+        if config.lora_rank is not None:
+            add_lora(model, rank=config.lora_rank, alpha=config.lora_alpha)
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    saved = state.get("model")
+    found = ({key: tuple(getattr(value, "shape", ())) for key, value in saved.items()}
+             if isinstance(saved, dict) else {})
+    if found != expected:
+        differ = sorted(set(found.items()) ^ set(expected.items()))
+        raise ConfigError(f"--resume: {path} does not fit this run's model (was it made with "
+                          f"another --model or --lora-rank?): first difference {differ[0][0]}")
 
 
 def test_sets(dataset_name, test):
@@ -352,9 +479,11 @@ def _answerer(config, tokenizer, device, main):
     return answer
 
 
-def _train(config, model, train_loader, val_loader, eval_train_loader, device, log):
-    """Optimizer, schedule and precision from `config`, then `train_model`; returns its history."""
-    from ftlib.modelfiles import load_checkpoint
+def _train(config, model, train_loader, val_loader, eval_train_loader, device, log,
+           folder=None, resume_state=None, run_settings=None):
+    """Optimizer, schedule and precision from `config`, then `train_model`; returns its history.
+    Checkpoints go to `folder.work` (rank 0; None elsewhere), with `run_settings` in them."""
+    from ftlib.modelfiles import restore_checkpoint
     from ftlib.distributed import world_size
     from ftlib.trainer import (autocast_dtype_for, enable_tf32, make_optimizer, train_model,
                                warmup_cosine_schedule)
@@ -366,11 +495,12 @@ def _train(config, model, train_loader, val_loader, eval_train_loader, device, l
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     scheduler = warmup_cosine_schedule(optimizer, total_steps) if config.warmup_cosine else None
-    checkpoint_path = config.out / "checkpoint.pt"
-    resume_state = None
-    if config.resume:
-        resume_state = load_checkpoint(checkpoint_path, model, optimizer, scheduler, map_location=device)
+    checkpoint_path = folder.work / "checkpoint.pt" if folder is not None else None
+    if resume_state is not None:
+        restore_checkpoint(resume_state, model, optimizer, scheduler, config.out / "checkpoint.pt")
         log(f"Resuming after step {resume_state['step']}")
+    if folder is not None:  # name the checkpoint where it will be, not in the temporary folder
+        log = _shown_as(log, folder.work, config.out)
     n_proc = world_size()
     where = f"{n_proc} processes ({device.type})" if n_proc > 1 else str(device)
     log(f"Fine-tuning {config.model} on {where}: {config.epochs} epochs, batch {config.batch_size}, "
@@ -382,32 +512,39 @@ def _train(config, model, train_loader, val_loader, eval_train_loader, device, l
         progress=config.progress, checkpoint_path=checkpoint_path,
         checkpoint_every=max(1, total_steps // config.checkpoints), resume_state=resume_state,
         log=log, autocast_dtype=autocast_dtype_for(device, bf16=mixed),
-        eval_train_loader=eval_train_loader)
+        eval_train_loader=eval_train_loader, checkpoint_extra={"run": run_settings})
 
 
-def _write_run_folder(config, model, before, after, history, train_time, facts, log=print):
-    """Write the run folder (responses, model, config, loss plot, metrics); return the metrics."""
+def _shown_as(log, work, out):
+    """`log` with the temporary folder's path written as the run folder's."""
+    return lambda message, *args, **kwargs: log(str(message).replace(str(work), str(out)), *args, **kwargs)
+
+
+def _write_run_folder(config, model, before, after, history, train_time, facts, log=print, out=None):
+    """Write the run folder (responses, model, config, loss plot, metrics) into `out`
+    (default `config.out`; the pipeline gives the temporary folder); return the metrics."""
     from ftlib.fileio import atomic_write_json
     from ftlib.modelfiles import save_model
     from ftlib.responses import save_responses
     from ftlib.scores import format_scores
 
-    config.out.mkdir(parents=True, exist_ok=True)
+    out = config.out if out is None else out
+    out.mkdir(parents=True, exist_ok=True)
     for name, file_name in RESPONSE_FILES.items():
         if name in after:
             for entry, old in zip(after[name], before[name]):
                 entry["model_response_before"] = old["model_response"]
-            save_responses(after[name], config.out / file_name)
+            save_responses(after[name], out / file_name)
     if history.train_losses:
-        _save_loss_plot(config, history, config.out / "loss-plot.png")
+        _save_loss_plot(config, history, out / "loss-plot.png")
     if config.lora_rank is not None:
         from ftlib.lora import merge_lora
 
         merge_lora(model)  # model.pth is a plain GPTModel state_dict either way
-    save_model(model, config.out / "model.pth")
-    atomic_write_json(config.out / "config.json", _run_config_json(config, model, facts))
+    save_model(model, out / "model.pth")
+    atomic_write_json(out / "config.json", _run_config_json(config, model, facts))
     metrics = _run_metrics(config, before, after, history, train_time, facts)
-    atomic_write_json(config.out / "metrics.json", metrics)
+    atomic_write_json(out / "metrics.json", metrics)
     log(format_scores(metrics["after"]))
     log(f"Held-out exact match: {metrics['held_out_exact_match_before']:.1%} before, "
         f"{metrics['held_out_exact_match_after']:.1%} after fine-tuning "
@@ -439,6 +576,11 @@ def _run_config_json(config, model, facts):
             "device": facts["device"], "world_size": facts["world_size"]}
 
 
+def _finite(value):
+    """`value`, or None when it is NaN or infinite (JSON has no NaN: metrics.json stays valid)."""
+    return value if math.isfinite(value) else None
+
+
 def _run_metrics(config, before, after, history, train_time, facts):
     """metrics.json of a run: held-out scores before and after, timings, the learning goal."""
     from ftlib.scores import score_responses
@@ -450,8 +592,8 @@ def _run_metrics(config, before, after, history, train_time, facts):
         "train_time_s": round(train_time, 2),
         "tokens_per_s": round(history.processed_tokens / max(train_time, 1e-9), 1),
         "padding_fraction": round(history.padding_fraction, 4),
-        "final_train_loss": history.train_losses[-1] if history.train_losses else None,
-        "final_val_loss": history.val_losses[-1] if history.val_losses else None,
+        "final_train_loss": _finite(history.train_losses[-1]) if history.train_losses else None,
+        "final_val_loss": _finite(history.val_losses[-1]) if history.val_losses else None,
         "held_out_exact_match_before": scores_before["overall"]["exact_match"],
         "held_out_exact_match_after": scores_after["overall"]["exact_match"],
         "before": scores_before,

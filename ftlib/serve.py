@@ -9,11 +9,14 @@ Two uses:
 
 Only files under the served folder are reachable (a symlink that leads outside it
 is refused too); directories give 404.
-`Range: bytes=N-` and `bytes=N-M` are honoured, so interrupted downloads resume.
+`Range: bytes=N-` and `bytes=N-M` are honoured, so interrupted downloads resume;
+each file has an ETag and Last-Modified, and `If-Range` with another version gets
+the whole file, so a resumed download never splices two versions.
 """
 
 import argparse
 import contextlib
+import email.utils
 import mimetypes
 import re
 import socket
@@ -69,6 +72,18 @@ def _parse_range(header, size):
     return start, min(end, size - 1)
 
 
+def _if_range_matches(if_range, etag, mtime):
+    """True unless an If-Range header names another version than (etag, mtime)."""
+    if if_range is None:
+        return True
+    if if_range.startswith('"') or if_range.startswith("W/"):
+        return if_range == etag
+    try:
+        return email.utils.parsedate_to_datetime(if_range).timestamp() >= int(mtime)
+    except (TypeError, ValueError):
+        return False
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Answers GET and HEAD for files under the server's root; `self.server.local`
     is the LocalServer (root, request log, options)."""
@@ -88,10 +103,13 @@ class _Handler(BaseHTTPRequestHandler):
         """The file the URL names, or None if it is missing or outside the root."""
         root = self.server.local.root.resolve()
         url_path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        path = (root / url_path.lstrip("/")).resolve()
-        # resolve() has removed ".." and followed symlinks: anything not under root
-        # is an attempt to escape it
-        if not path.is_relative_to(root) or not path.is_file():
+        try:
+            path = (root / url_path.lstrip("/")).resolve()
+            # resolve() has removed ".." and followed symlinks: anything not under root
+            # is an attempt to escape it
+            if not path.is_relative_to(root) or not path.is_file():
+                return None
+        except (ValueError, OSError):  # a NUL byte, a name too long for the file system
             return None
         return path
 
@@ -102,7 +120,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path is None:
             self.send_error(HTTPStatus.NOT_FOUND, "File not found")
             return
-        size = path.stat().st_size
+        stat = path.stat()
+        size = stat.st_size
+        etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'  # changes when the file does
+        if not _if_range_matches(self.headers.get("If-Range"), etag, stat.st_mtime):
+            range_header = None  # the client's partial copy is of another version: send it all
         byte_range = _parse_range(range_header, size)
 
         if byte_range == "unsatisfiable":
@@ -123,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
         self.end_headers()
         if send_body:
             self._send_body(path, start, length)

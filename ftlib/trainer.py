@@ -368,6 +368,7 @@ class _Loop:
     checkpoint_path: object = None
     main: bool = True
     updating: bool = False           # between optimizer.step() and recording the step
+    checkpoint_extra: dict = None    # saved in every checkpoint's "extra" beside the history
 
     def step(self, micro_batches, history, epoch, step):
         """One optimizer step; returns the loss."""
@@ -394,14 +395,15 @@ class _Loop:
         was cut in the middle by a second Ctrl-C: then the last checkpoint is kept."""
         if self.main and self.checkpoint_path and not self.updating:
             save_checkpoint(self.checkpoint_path, self.model, self.optimizer, history.step,
-                            self.scheduler, extra={"history": asdict(history)})
+                            self.scheduler,
+                            extra={**(self.checkpoint_extra or {}), "history": asdict(history)})
 
 
 def train_model(model, train_loader, val_loader, optimizer, device, num_epochs, *,
                 eval_freq, eval_iter, scheduler=None, max_steps=None, grad_clip=None,
                 progress=True, checkpoint_path=None, checkpoint_every=None,
                 resume_state=None, log=print, accumulation_steps=1, autocast_dtype=None,
-                eval_train_loader=None):
+                eval_train_loader=None, checkpoint_extra=None):
     """The fast, resumable training loop; returns a `TrainHistory`.
 
     As `train_model_simple`: every `eval_freq` steps the loss on `eval_iter` batches
@@ -409,7 +411,9 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs, 
     `max_steps`, `grad_clip` (max gradient norm), `accumulation_steps` (one optimizer
     step per this many batches, token-weighted), `autocast_dtype`, a progress bar
     (or a log line per evaluation when `progress=False`), `checkpoint_path` +
-    `checkpoint_every` (steps), and `resume_state` (from `load_checkpoint`).
+    `checkpoint_every` (steps), `checkpoint_extra` (a dict saved in each checkpoint's
+    "extra", e.g. the settings a resumed run must share), and `resume_state` (from
+    `load_checkpoint`).
 
     Under torchrun each `train_loader` yields this process's share of every batch;
     `eval_train_loader` (the whole batches) lets rank 0 measure the training loss
@@ -421,7 +425,8 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs, 
         raise FtlibError(f"accumulation_steps must be at least 1, got {accumulation_steps}")
     main = is_main_process()
     loop = _Loop(model, wrap_model(model, device) if is_distributed() else model, optimizer,
-                 device, scheduler, grad_clip, autocast_dtype, checkpoint_path, main)
+                 device, scheduler, grad_clip, autocast_dtype, checkpoint_path, main,
+                 checkpoint_extra=checkpoint_extra)
     history = TrainHistory.resumed(resume_state)
     total_steps = math.ceil(len(train_loader) / accumulation_steps) * num_epochs
     total_steps = total_steps if max_steps is None else min(total_steps, max_steps)

@@ -99,8 +99,10 @@ def download_and_load_gpt2(model_size, models_dir, base_url=None, progress=True,
       resumes. Each file is fetched from `{base}/{model_size}/{name}`, where base is
       `base_url`, else `$FTLIB_GPT2_BASE_URL`, else OpenAI's URL then the book's backup.
     - `allowed_sizes`: the names accepted for `model_size` (tests add a tiny "toy").
-    - A checkpoint TensorFlow cannot read raises DownloadError and its files are
-      deleted, so the next call downloads them again.
+    - A file that is bad raises DownloadError and only that file is deleted, so the
+      next call downloads it again: hparams.json when it is not JSON, lacks a size or
+      disagrees with the checkpoint (wrong `n_layer`); the checkpoint's files when
+      TensorFlow cannot read them.
 
     >>> settings, params = download_and_load_gpt2("355M", "gpt2")
 
@@ -116,39 +118,76 @@ def download_and_load_gpt2(model_size, models_dir, base_url=None, progress=True,
             progress=progress, desc=f"{model_size}/{name}",
         )
 
-    hparams_path = model_dir / "hparams.json"
+    settings = _read_hparams(model_dir / "hparams.json")
+    variables = _read_tf_checkpoint(model_dir)
     try:
-        settings = json.loads(hparams_path.read_text(encoding="utf-8"))
-        missing = [key for key in HPARAMS_KEYS if key not in settings]
-        if missing:
-            raise ValueError(f"it lacks {', '.join(missing)}")
-    except (ValueError, TypeError) as exc:  # not JSON, not UTF-8, not a dict, keys missing
-        hparams_path.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{hparams_path} is not GPT-2's hparams.json ({exc}); it was deleted, "
-            "run again to download it anew"
-        ) from exc
+        params = _params_from_variables(variables, settings)
+    except ValueError as exc:  # the checkpoint read fine: hparams.json is what is wrong
+        raise _corrupt(model_dir, ("hparams.json",), str(exc)) from None
+    return settings, params
 
+
+def _corrupt(model_dir, names, reason):
+    """The one place that decides which downloaded files are bad: delete `names` (and
+    nothing else) so the next call fetches them again; the DownloadError to raise."""
+    for name in names:
+        (model_dir / name).unlink(missing_ok=True)
+    which = ", ".join(str(model_dir / name) for name in names)
+    return DownloadError(f"{which}: not a valid GPT-2 download ({reason}); deleted, "
+                         "run again to download it anew (the other files are kept)")
+
+
+def _read_hparams(path):
+    """hparams.json as a dict of positive whole numbers (HPARAMS_KEYS); a bad one is deleted."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, not JSON
+        raise _corrupt(path.parent, (path.name,), str(exc).splitlines()[0]) from None
+    if not isinstance(settings, dict):
+        raise _corrupt(path.parent, (path.name,), f"a {type(settings).__name__}, not an object")
+    missing = [key for key in HPARAMS_KEYS if key not in settings]
+    if missing:
+        raise _corrupt(path.parent, (path.name,), f"it lacks {', '.join(missing)}")
+    for key in HPARAMS_KEYS:
+        value = settings[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _corrupt(path.parent, (path.name,), f"{key} must be a whole number, got {value!r}")
+    return settings
+
+
+def _read_tf_checkpoint(model_dir):
+    """Every variable of the TF checkpoint in `model_dir`: {name: array}. Only what
+    TensorFlow cannot read blames the checkpoint's own files (they are deleted)."""
     tf = import_tensorflow_quietly()
     try:
         ckpt_path = tf.train.latest_checkpoint(str(model_dir))
         if ckpt_path is None:
             raise ValueError(f"the file {model_dir / 'checkpoint'} names no checkpoint")
-        params = load_gpt2_params_from_tf_ckpt(ckpt_path, settings)
+        return _tf_variables(tf, ckpt_path)
     except MemoryError:
         raise  # a model too big for this machine: the files are fine, keep them
     except Exception as exc:  # TF's DataLossError, a protobuf ParseError, a bad index, ...
-        # TensorFlow could not read the files: most likely a download that was cut
-        # short or damaged. Remove them so that the next call fetches them again.
-        for name in (*CHECKPOINT_DATA_FILES, "checkpoint"):
-            (model_dir / name).unlink(missing_ok=True)
+        # most likely a download that was cut short or damaged
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DownloadError(
-            f"The GPT-2 checkpoint in {model_dir} could not be read ({reason}). "
-            f"Its files {', '.join((*CHECKPOINT_DATA_FILES, 'checkpoint'))} were deleted; "
-            "run again to download them anew."
-        ) from exc
-    return settings, params
+        raise _corrupt(model_dir, (*CHECKPOINT_DATA_FILES, "checkpoint"), reason) from exc
+
+
+def _tf_variables(tf, ckpt_path):
+    """{OpenAI's variable name: array with size-1 axes squeezed away} of a checkpoint."""
+    return {name: np.squeeze(tf.train.load_variable(ckpt_path, name))
+            for name, _ in tf.train.list_variables(ckpt_path)}
+
+
+def _params_from_variables(variables, settings):
+    """The nested `params` of checkpoint variables; ValueError if their blocks are not
+    hparams.json's `n_layer`."""
+    params = {"blocks": [{} for _ in range(settings["n_layer"])]}
+    for name, array in variables.items():
+        set_param(params, name.removeprefix(OPENAI_SCOPE), array)
+    empty = [i for i, block in enumerate(params["blocks"]) if not block]
+    if empty:
+        raise ValueError(f"n_layer is {settings['n_layer']} but the checkpoint has no block {empty[0]}")
+    return params
 
 
 def load_gpt2_params_from_tf_ckpt(ckpt_path, settings):
@@ -160,11 +199,7 @@ def load_gpt2_params_from_tf_ckpt(ckpt_path, settings):
     Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     tf = import_tensorflow_quietly()
-    params = {"blocks": [{} for _ in range(settings["n_layer"])]}
-    for name, _ in tf.train.list_variables(ckpt_path):
-        array = np.squeeze(tf.train.load_variable(ckpt_path, name))
-        set_param(params, name.removeprefix(OPENAI_SCOPE), array)
-    return params
+    return _params_from_variables(_tf_variables(tf, ckpt_path), settings)
 
 
 def config_from_settings(settings, base=None):
@@ -254,4 +289,7 @@ def load_hf_safetensors_into_gpt(model, path):
         state_dict = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ConfigError(f"{path} is not a readable safetensors file: {exc}") from exc
-    return load_weights_into_gpt(model, hf_state_dict_to_params(state_dict))
+    try:
+        return load_weights_into_gpt(model, hf_state_dict_to_params(state_dict))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
