@@ -59,7 +59,7 @@ def chat_reply(model, tokenizer, text, max_new_tokens=MAX_NEW_TOKENS, temperatur
 
 def _history_html(turns):
     """The conversation as HTML: (who, text) pairs, newest last."""
-    rows = [f'<div class="ftlib-chat-{who}" style="margin:3px 0"><b>{who}:</b> '
+    rows = [f'<div class="ftlib-chat-{who.replace(" ", "-")}" style="margin:3px 0"><b>{who}:</b> '
             f'<span style="white-space:pre-wrap">{html.escape(text)}</span></div>' for who, text in turns]
     return f'<div class="ftlib-chat-history">{"".join(rows)}</div>'
 

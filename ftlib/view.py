@@ -45,8 +45,8 @@ IGNORED_STYLE = "text-decoration:line-through;opacity:0.45"  # a -100 target: no
 SEGMENT_COLOURS = ("#cfe2ff", "#d1e7dd", "#ffe69c", "#f8d7da", "#e2d9f3", "#d2f4ea")
 # Styles shared by a row's columns are set once on the row and inherited (the
 # HTML of 8 entries, both ways, stays near 150 kB).
-_ROW_STYLE = "font:12px/1.35 monospace;white-space:pre;margin:4px 0"
-_COLUMN_STYLE = "display:inline-block;text-align:center;margin:0 2px 3px 0"
+_ROW_STYLE = "font:12px/1.35 monospace;margin:4px 0"
+_COLUMN_STYLE = "display:inline-block;white-space:pre;text-align:center;margin:0 2px 3px 0"
 
 
 def input_roles(n_tokens, prompt_length, row_length):
