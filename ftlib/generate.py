@@ -135,3 +135,31 @@ def generate_and_print_sample(model, tokenizer, device, start_context,
         print(token_ids_to_text(token_ids, tokenizer).replace("\n", " "))
     finally:
         model.train(was_training)
+
+
+def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None,
+                    eos_id=None):
+    """`generate` for one row (`idx` is (1, n)), yielding each new token id as it is made.
+
+    The same tokens as `generate` with the same arguments and seed (a test checks);
+    stops before `eos_id`, which is not yielded. Uses the KV cache like `generate`.
+
+    Not in a notebook: the token stream behind ftlib.chat; learners call `chat_reply`.
+    """
+    with torch.no_grad():
+        cache = model.new_kv_cache()
+        limit = min(context_size, cache.max_len)
+        logits = _last_logits(model, idx[:, -context_size:], cache)  # (1, vocab)
+        for step in range(max_new_tokens):
+            idx_next = _next_token(logits, temperature, top_k)  # (1, 1)
+            if eos_id is not None and int(idx_next) == eos_id:
+                return
+            yield int(idx_next)
+            idx = torch.cat((idx, idx_next), dim=1)
+            if step == max_new_tokens - 1:
+                return
+            if cache is not None and cache.length < limit:
+                logits = _last_logits(model, idx_next, cache)
+            else:  # the window is full: as in generate, drop the cache and crop
+                cache = None
+                logits = _last_logits(model, idx[:, -context_size:])
