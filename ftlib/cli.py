@@ -23,7 +23,8 @@ def add_finetune_options(ft):
     data.add_argument("--data", type=Path, help="a JSON file in the chapter's format")
     data.add_argument("--dataset", choices=["bundled", "chapter"],
                       help="bundled (offline, default) or the chapter's 1100 entries (downloads)")
-    ft.add_argument("--model", help='"tiny" (default, random init, offline) or e.g. "gpt2-medium (355M)"')
+    ft.add_argument("--model", help='"gpt2-tiny-base" (default: the committed pretrained base, offline), '
+                                     '"tiny" (random weights) or e.g. "gpt2-medium (355M)" (downloads)')
     ft.add_argument("--weights-dir", type=Path,
                     help="folder with downloaded GPT-2 checkpoints (default: gpt2/, downloads)")
     ft.add_argument("--epochs", type=int)
@@ -32,7 +33,7 @@ def add_finetune_options(ft):
     ft.add_argument("--lr", type=float)
     ft.add_argument("--allowed-max-length", type=int)
     ft.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction,
-                    help="ignore targets inside the prompt (default: on for tiny, off for GPT-2)")
+                    help="ignore targets inside the prompt (default: on for the tiny models, off for GPT-2)")
     ft.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     ft.add_argument("--seed", type=int)
     ft.add_argument("--out", type=Path, help="run folder (default: runs/latest)")

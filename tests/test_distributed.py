@@ -175,7 +175,7 @@ def test_cli_under_torchrun_writes_one_run_folder_that_resumes_in_one_process(
     assert proc.returncode == 0, proc.stdout
     output = proc.stdout
     assert {p.name for p in two.iterdir()} == RUN_FILES  # and no leftover temporary files
-    for line in ("Fine-tuning tiny on 2 processes (cpu)", "Held-out exact match", "Data: "):
+    for line in ("Fine-tuning gpt2-tiny-base on 2 processes (cpu)", "Held-out exact match", "Data: "):
         assert output.count(line) == 1, output  # rank 0 alone prints
     metrics = json.loads((two / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["steps"] == 2
