@@ -3,6 +3,9 @@
 The chapter uses CUDA when it is there and the CPU otherwise, and mentions Apple
 silicon as an option. We use MPS only with torch >= 2.9: older releases compute
 wrong losses for this chapter's models on MPS, which a learner would not notice.
+
+Not in a notebook: notebooks run on the CPU, so their outputs are the same on every
+machine; `make finetune` picks the best device (`--device`).
 """
 
 import re
@@ -36,8 +39,6 @@ def get_device(prefer=None):
 
     >>> get_device()           # on a laptop without a GPU
     device(type='cpu')
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     if prefer is None:
         if torch.cuda.is_available():

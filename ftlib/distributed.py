@@ -78,8 +78,6 @@ class MainProcessFailed(FtlibError):
 
 def launched_by_torchrun(environ=None):
     """True when torchrun started this process (RANK, WORLD_SIZE and LOCAL_RANK are set).
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     environ = os.environ if environ is None else environ
     return all(name in environ for name in TORCHRUN_VARS)
@@ -100,8 +98,6 @@ def init_distributed(prefer=None):
     - `prefer="cuda"` or `"cpu"`: that one. A fixed GPU ("cuda:1") is refused when
       several processes share a machine: each takes its own; choose which GPUs are
       visible with CUDA_VISIBLE_DEVICES instead. Apple's MPS has no DDP backend.
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     local_rank = _env_int("LOCAL_RANK")
     if prefer is None:
@@ -129,8 +125,6 @@ def init_distributed(prefer=None):
 
 def cleanup_distributed():
     """Leave the process group (if this process is in one). Safe to call twice.
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     if is_distributed():
         dist.destroy_process_group()
@@ -138,24 +132,18 @@ def cleanup_distributed():
 
 def is_distributed():
     """True inside a process group (after `init_distributed`).
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     return dist.is_available() and dist.is_initialized()
 
 
 def rank():
     """This process's number, 0 .. world_size()-1; 0 without a process group.
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size():
     """How many processes train together; 1 without a process group.
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     return dist.get_world_size() if is_distributed() else 1
 
@@ -163,16 +151,12 @@ def world_size():
 def is_main_process():
     """True on rank 0, the one process that prints and writes files (and in a
     single process).
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     return rank() == 0
 
 
 def barrier():
     """Wait until every process gets here (nothing to wait for in a single process).
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     if is_distributed():
         dist.barrier()
@@ -183,8 +167,6 @@ def all_reduce_sum(values, device):
 
     The tensor goes on `device` because NCCL reduces GPU tensors only; float64
     keeps counts exact (to 2**53).
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     if not is_distributed():
         return [float(v) for v in values]
@@ -202,8 +184,6 @@ def main_process_first():
     (`if is_main_process(): ...` inside the block). If rank 0 fails in the block,
     the others raise `MainProcessFailed` instead of waiting forever. Without a
     process group the block simply runs.
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     if not is_distributed():
         yield
@@ -240,8 +220,6 @@ def wrap_model(model, device):
 
     Optimizers built on `model.parameters()` before wrapping stay valid: DDP
     trains the same parameter tensors. The wrapped module is `wrapped.module`.
-
-    Introduced in: notebooks/06_finetuning.ipynb
     """
     if not is_distributed():
         raise ConfigError("wrap_model needs a process group: call init_distributed first")

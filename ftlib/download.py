@@ -61,8 +61,6 @@ def remote_size(url, *, timeout=30.0):
 
     Uses a HEAD request; if the server refuses HEAD or omits Content-Length, opens a
     GET and reads only its headers. Returns None when the size is not advertised.
-
-    Introduced in: notebooks/01_instruction_data.ipynb
     """
     try:
         head = urllib.request.Request(url, method="HEAD")
@@ -122,8 +120,6 @@ def download_file(
 
     >>> download_file("https://example.org/instruction-data.json", "data/instruction-data.json")
     PosixPath('data/instruction-data.json')
-
-    Introduced in: notebooks/01_instruction_data.ipynb
     """
     dest = Path(dest)
     if dest.is_dir():
@@ -277,8 +273,6 @@ def download_first_available(urls, dest, **kwargs):
 
     Useful with a primary URL and a backup mirror. `kwargs` go to `download_file`.
     If every URL fails, one `DownloadError` lists each URL with its reason.
-
-    Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     urls = [urls] if isinstance(urls, str) else list(urls)
     if not urls:

@@ -44,8 +44,6 @@ def gpt_to_hf_state_dict(model):
     Face's GPT-2 always has them. `lm_head.weight` is included only when `out_head`
     differs from `tok_emb` (see `ties_embeddings`). A model with LoRA layers must be
     merged first.
-
-    Introduced in: notebooks/07_evaluation.ipynb
     """
     if has_lora(model):
         raise ConfigError("the model has LoRA layers: call merge_lora(model) before exporting")
@@ -58,8 +56,6 @@ def ties_embeddings(model):
 
     Pretrained GPT-2 loaded by `load_weights_into_gpt` starts tied; fine-tuning
     updates the two separately, so they differ afterwards.
-
-    Introduced in: notebooks/07_evaluation.ipynb
     """
     return torch.equal(model.out_head.weight.detach(), model.tok_emb.weight.detach())
 
@@ -69,8 +65,6 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat
 
 def hf_config(cfg, tie_word_embeddings, dtype=torch.float32):
     """The `config.json` of a `GPT2LMHeadModel` with GPTModel config `cfg`, as a dict.
-
-    Introduced in: notebooks/07_evaluation.ipynb
     """
     dtype_name = _DTYPE_NAMES.get(dtype, "float32")
     return {
@@ -137,8 +131,6 @@ def save_hf_model(model, out_dir, source=None):
     ftlib-export.json. The folder is built beside `out_dir` and renamed into place,
     so an interrupted export leaves no half-written folder. An existing `out_dir`
     is replaced only if it is empty or an earlier export; otherwise FtlibError.
-
-    Introduced in: notebooks/07_evaluation.ipynb
     """
     from safetensors import SafetensorError
     from safetensors.torch import save_file
@@ -231,8 +223,6 @@ def export_hf(run_dir, out_dir):
 
     >>> export_hf("runs/latest", "hf-model")
     >>> # then: GPT2LMHeadModel.from_pretrained("hf-model")
-
-    Introduced in: notebooks/07_evaluation.ipynb
     """
     model, _ = load_run_model(run_dir)
     return save_hf_model(model, out_dir, source=run_dir)
@@ -240,8 +230,6 @@ def export_hf(run_dir, out_dir):
 
 def main_export(run_dir, out_dir, log=print):
     """The CLI's `python -m ftlib export-hf RUN_DIR OUT_DIR`: export and say what was written.
-
-    Introduced in: notebooks/07_evaluation.ipynb
     """
     model, _ = load_run_model(run_dir)
     tied = ties_embeddings(model)

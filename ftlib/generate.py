@@ -124,7 +124,8 @@ def generate_and_print_sample(model, tokenizer, device, start_context,
 
     Switches the model to eval mode for the sample and restores its mode afterwards.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Not in a notebook: the book's helper that `train_model_simple` calls after each epoch
+    (notebook 06 shows its output).
     """
     was_training = model.training
     model.eval()

@@ -76,8 +76,6 @@ Row = namedtuple("Row", "ours openai hf how")
 
 def gpt2_rows(n_layers):
     """`GPT2_NAMES` for a model of `n_layers` blocks: `{i}` filled in, `ours` always a tuple.
-
-    Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     rows = []
     for ours, openai, hf, how in GPT2_NAMES:
@@ -102,8 +100,6 @@ def _params_path(name):
 
 def get_param(params, name):
     """The array of OpenAI's variable `name` in `params`; KeyError(name) if it is missing.
-
-    Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     block, keys = _params_path(name)
     try:
@@ -117,8 +113,6 @@ def get_param(params, name):
 
 def set_param(params, name, value):
     """Put `value` into `params` where OpenAI's variable `name` belongs (nested dicts as needed).
-
-    Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     block, keys = _params_path(name)
     if block is not None and block >= len(params["blocks"]):
@@ -131,8 +125,6 @@ def set_param(params, name, value):
 
 def get_ours(model, name):
     """GPTModel's parameter `name` ("trf_blocks.3.att.W_query.bias"), or None if it has none.
-
-    Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     obj = model
     for part in name.split("."):
@@ -173,8 +165,6 @@ def gpt_to_params(model):
     query, key and value joined into one. A model without query/key/value biases
     (qkv_bias False) gets zero biases: GPT-2 always has them. `out_head` is left
     out: GPT-2 ties it to the token embedding.
-
-    Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     params = {"blocks": [{} for _ in model.trf_blocks]}
     for row in gpt2_rows(len(model.trf_blocks)):
@@ -202,8 +192,6 @@ def params_to_hf_state_dict(params, out_head=None, scoped=True):
     weight) becomes lm_head.weight; leave it None when the head is tied to the
     token embedding, so transformers reuses it. `scoped=False` drops the
     "transformer." of the keys, as in openai-community/gpt2's model.safetensors.
-
-    Introduced in: notebooks/07_evaluation.ipynb
     """
     state = {}
     for row in gpt2_rows(len(params["blocks"])):
@@ -222,8 +210,6 @@ def hf_state_dict_to_params(state_dict):
     none). Two kinds of keys outside the table are skipped: lm_head.weight (tied to
     the token embedding), and the causal-mask buffers h.N.attn.bias /
     h.N.attn.masked_bias of older files; any other key is a ConfigError naming it.
-
-    Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     state = {key.removeprefix(HF_SCOPE): tensor for key, tensor in state_dict.items()}
     blocks = sorted({int(key.split(".")[1]) for key in state

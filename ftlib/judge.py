@@ -60,7 +60,7 @@ def query_model(prompt, model=JUDGE_MODEL, url=OLLAMA_URL, timeout=300, deadline
     Raises `FtlibError` if nothing listens at `url` (the message says how to start
     Ollama) and, for an HTTP error such as an unknown model, with Ollama's message.
 
-    Introduced in: notebooks/07_evaluation.ipynb
+    Not in a notebook: the request under `generate_model_scores`, which notebook 07 calls.
     """
     body = {"model": model, "messages": [{"role": "user", "content": prompt}],
             "options": dict(JUDGE_OPTIONS)}

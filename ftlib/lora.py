@@ -30,7 +30,7 @@ class LoRALayer(nn.Module):
     A (in_dim, rank) starts random (kaiming uniform, as nn.Linear does), B (rank,
     out_dim) starts at zero, so the update starts at zero.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/exercise_solutions.ipynb
     """
 
     def __init__(self, in_dim, out_dim, rank, alpha, device=None, dtype=None):
@@ -49,7 +49,7 @@ class LoRALayer(nn.Module):
 class LinearWithLoRA(nn.Module):
     """A (frozen) nn.Linear plus a LoRALayer beside it: `linear(x) + lora(x)`.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/exercise_solutions.ipynb
     """
 
     def __init__(self, linear, rank, alpha):
@@ -66,7 +66,7 @@ class LinearWithLoRA(nn.Module):
 def has_lora(model):
     """True if `model` contains at least one LinearWithLoRA.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/exercise_solutions.ipynb
     """
     return any(isinstance(m, LinearWithLoRA) for m in model.modules())
 
@@ -77,7 +77,7 @@ def replace_linear_with_lora(model, rank, alpha):
     Walks the module tree recursively (the book's function); layers already wrapped
     are left alone, so their inner linear is never wrapped twice.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/exercise_solutions.ipynb
     """
     for name, child in model.named_children():
         if isinstance(child, LinearWithLoRA):
@@ -92,7 +92,7 @@ def replace_linear_with_lora(model, rank, alpha):
 def count_trainable_parameters(model):
     """The number of parameters with `requires_grad=True` (those an optimizer updates).
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/exercise_solutions.ipynb
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -106,7 +106,7 @@ def add_lora(model, rank=16, alpha=16):
 
     >>> n = add_lora(model, rank=16, alpha=16)
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/exercise_solutions.ipynb
     """
     if has_lora(model):
         raise ConfigError("the model already has LoRA layers; add_lora is applied once")
@@ -124,7 +124,7 @@ def merge_lora(model):
     `save_model`, `load_model_state` and the Hugging Face export work unchanged.
     All parameters are trainable afterwards, as in a freshly built GPTModel.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/exercise_solutions.ipynb
     """
     def merge(module):
         for name, child in module.named_children():
@@ -172,7 +172,7 @@ def count_lora_parameters(model_or_cfg, rank):
     `model_or_cfg`: a GPTModel (with or without LoRA), a config dict, or a model
     name such as "gpt2-medium (355M)".
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/exercise_solutions.ipynb
     """
     model = _as_model(model_or_cfg)
     return sum(rank * (d_in + d_out) for d_in, d_out in _base_linears(model))
@@ -186,7 +186,7 @@ def lora_parameter_table(model_or_cfg, rank=16, alpha=16):
     are left out (they depend on batch size and sequence length, and are the same
     for both methods to first order).
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/exercise_solutions.ipynb
     """
     model = _as_model(model_or_cfg)
     lora_params = {p for m in model.modules() if isinstance(m, LoRALayer) for p in m.parameters()}
@@ -216,7 +216,7 @@ def lora_parameter_table(model_or_cfg, rank=16, alpha=16):
 def format_lora_parameter_table(rows):
     """The rows of `lora_parameter_table` as a fixed-width text table.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/exercise_solutions.ipynb
     """
     header = (f"{'method':<28}{'trainable':>14}{'%':>8}{'weights GiB':>13}"
               f"{'grads GiB':>11}{'AdamW GiB':>11}{'total GiB':>11}")

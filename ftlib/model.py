@@ -72,7 +72,10 @@ def get_config(name):
 
 
 class LayerNorm(nn.Module):
-    """Layer normalisation with the book's parameter names (`scale`, `shift`)."""
+    """Layer normalisation with the book's parameter names (`scale`, `shift`).
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
 
     def __init__(self, emb_dim, eps=1e-5):
         super().__init__()
@@ -85,14 +88,20 @@ class LayerNorm(nn.Module):
 
 
 class GELU(nn.Module):
-    """GELU with the tanh approximation, the one GPT-2 was trained with."""
+    """GELU with the tanh approximation, the one GPT-2 was trained with.
+
+    Not in a notebook: a layer of FeedForward, in the source notebook 05 shows.
+    """
 
     def forward(self, x):
         return F.gelu(x, approximate="tanh")
 
 
 class FeedForward(nn.Module):
-    """Expand to 4x the width, GELU, project back: (b, t, d) -> (b, t, d)."""
+    """Expand to 4x the width, GELU, project back: (b, t, d) -> (b, t, d).
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
 
     def __init__(self, cfg):
         super().__init__()
@@ -104,7 +113,10 @@ class FeedForward(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention (PyTorch's fused scaled_dot_product_attention)."""
+    """Causal multi-head self-attention (PyTorch's fused scaled_dot_product_attention).
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
@@ -148,7 +160,10 @@ class MultiHeadAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + attn(norm1(x)), then x + ff(norm2(x))."""
+    """Pre-norm block: x + attn(norm1(x)), then x + ff(norm2(x)).
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
 
     def __init__(self, cfg):
         super().__init__()
@@ -172,6 +187,9 @@ class KVCache:
 
     Memory is allocated once for `max_len` positions (the context length), so
     it stays bounded however long generation runs.
+
+    Not in a notebook: what `GPTModel.new_kv_cache` returns for `generate` (notebook 05 compares
+    generation with and without it).
     """
 
     def __init__(self, n_layers, max_len):
@@ -303,7 +321,10 @@ def model_memory_table(names=None):
 
 
 def format_memory_table(rows):
-    """The rows of `model_memory_table` as a fixed-width text table."""
+    """The rows of `model_memory_table` as a fixed-width text table.
+
+    Introduced in: notebooks/05_loading_gpt2.ipynb
+    """
     lines = [f"{'model':<20}{'params':>14}{'as tied':>14}{'fp32 GiB':>10}{'bf16 GiB':>10}{'AdamW train GiB':>17}"]
     for r in rows:
         lines.append(

@@ -38,7 +38,7 @@ def read_torch_file(path, what="PyTorch state_dict", map_location="cpu", missing
 
     `missing_hint` (optional) says why a missing file may be missing.
 
-    Introduced in: notebooks/07_evaluation.ipynb
+    Not in a notebook: the one reader under every load below.
     """
     path = Path(path)
     if not path.is_file():
@@ -60,7 +60,7 @@ def sft_file_name(model_name):
     >>> sft_file_name("gpt2-medium (355M)")
     'gpt2-medium355M-sft.pth'
 
-    Introduced in: notebooks/07_evaluation.ipynb
+    Introduced in: notebooks/06_finetuning.ipynb
     """
     return re.sub(r"[ ()]", "", model_name) + "-sft.pth"
 
@@ -68,7 +68,7 @@ def sft_file_name(model_name):
 def save_model(model, path):
     """Save `model.state_dict()` to `path` with `torch.save`, atomically.
 
-    Introduced in: notebooks/07_evaluation.ipynb
+    Introduced in: notebooks/06_finetuning.ipynb
     """
     _torch_save(model.state_dict(), path)
 
@@ -91,7 +91,7 @@ def load_model_state(model, path, map_location=None):
     unreadable file raises an `FtlibError` naming it (`read_torch_file`); a state
     dict of another model size or config, a `ConfigError`.
 
-    Introduced in: notebooks/07_evaluation.ipynb
+    Introduced in: notebooks/06_finetuning.ipynb
     """
     if map_location is None:
         first = next(model.parameters(), None)
@@ -194,7 +194,7 @@ def _set_rng_states(states):
 def save_checkpoint(path, model, optimizer, step, scheduler=None, extra=None):
     """Write model, optimizer, scheduler, step and RNG states atomically.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Not in a notebook: `train_model` writes checkpoints; `--resume` reads them back.
     """
     state = {
         "model": model.state_dict(),
@@ -210,7 +210,7 @@ def save_checkpoint(path, model, optimizer, step, scheduler=None, extra=None):
 def load_checkpoint(path, model, optimizer=None, scheduler=None, map_location="cpu"):
     """Restore what `save_checkpoint` wrote; returns the checkpoint dict (step, extra).
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Not in a notebook: `train_model` writes checkpoints; `--resume` reads them back.
     """
     state = read_torch_file(path, what="ftlib checkpoint", map_location=map_location)
     return restore_checkpoint(state, model, optimizer, scheduler, path)

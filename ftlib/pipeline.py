@@ -279,7 +279,7 @@ def finetune(config=None, log=print):
     trains on its share of every batch and rank 0 returns the metrics (the others
     None). `log=None` runs quietly.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Introduced in: notebooks/07_evaluation.ipynb
     """
     from ftlib.distributed import (cleanup_distributed, init_distributed, is_main_process,
                                    launched_by_torchrun)

@@ -74,7 +74,7 @@ def corpus_batches(ids, block_size, batch_size, generator):
     in new places every epoch; the blocks are then shuffled. Targets are the
     inputs shifted by one token.
 
-    Introduced in: notebooks/05_loading_gpt2.ipynb
+    Not in a notebook: one epoch of `pretrain`'s batches.
     """
     ids = torch.as_tensor(ids)
     offset = int(torch.randint(block_size, (1,), generator=generator))
@@ -103,7 +103,7 @@ def restricted_loss(model, inputs, targets, vocab_ids, target_index):
     `vocab_ids` (V',) are the ids kept; `target_index` maps a full id to its
     place in `vocab_ids`.
 
-    Introduced in: notebooks/05_loading_gpt2.ipynb
+    Not in a notebook: the loss of one `pretrain` step.
     """
     hidden = model.hidden_states(inputs)                    # (b, t, d)
     logits = hidden @ model.out_head.weight[vocab_ids].T    # (b, t, V')
@@ -178,7 +178,7 @@ def complete_facts(model, facts, tokenizer, batch_size=64):
     each answer position compared with the answer's next token. With a causal
     model this is the same as generating the answer greedily token by token.
 
-    Introduced in: notebooks/05_loading_gpt2.ipynb
+    Not in a notebook: the check behind `fact_completion`.
     """
     rows = [(tokenizer.encode(f["prompt"]), tokenizer.encode(f["answer"])) for f in facts]
     results = []
@@ -221,7 +221,7 @@ def base_state_dict(model, used_ids=None):
     of tokens the corpus never uses get no gradient in pretraining (they stay at
     their random start), and zeros compress, so the file costs git far less.
 
-    Introduced in: notebooks/05_loading_gpt2.ipynb
+    Not in a notebook: what `make pretrain` saves (scripts/pretrain.py).
     """
     state = {name: p.detach().to(torch.float16).clone()
              for name, p in model.state_dict().items() if name != "out_head.weight"}
@@ -238,7 +238,7 @@ def save_base_model(model, out_dir, info, used_ids=None):
     `info` (corpus hash, training settings, scores) is stored in config.json next
     to the model config under "model_config".
 
-    Introduced in: notebooks/05_loading_gpt2.ipynb
+    Not in a notebook: `make pretrain` writes the committed base with it.
     """
     from safetensors.torch import save_file
 
@@ -292,18 +292,12 @@ def load_base_model(model_dir=BASE_MODEL_DIR):
 
     Introduced in: notebooks/05_loading_gpt2.ipynb
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from ftlib.weights import read_safetensors
 
     model_dir = Path(model_dir)
     info = _read_base_config(model_dir / "config.json")
     path = model_dir / "model.safetensors"
-    if not path.is_file():
-        raise ConfigError(f"base model weights not found: {path} (run `make pretrain` to create it)")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is not a readable safetensors file: {exc}") from None
+    state = read_safetensors(path, missing_hint="run `make pretrain` to create it")
     model = GPTModel(info["model_config"])
     state = {name: t.float() for name, t in state.items()}
     if "tok_emb.weight" in state:

@@ -71,22 +71,6 @@ def extract_response(generated_text, input_text):
     return text.strip()
 
 
-def generate_response(model, entry, tokenizer, device, max_new_tokens=MAX_NEW_TOKENS,
-                      style="alpaca", eos_id=END_OF_TEXT_ID):
-    """The model's greedy answer to one entry, as a string (the chapter's loop body).
-
-    The prompt is `format_input(entry, style)`; the model writes the response
-    header itself, as it learned to in fine-tuning. Generation stops at
-    `<|endoftext|>` (id 50256) or after `max_new_tokens`. Switches the model to
-    eval mode and restores its mode afterwards.
-
-    Introduced in: notebooks/07_evaluation.ipynb
-    """
-    return generate_responses(model, [entry], tokenizer, device, max_new_tokens=max_new_tokens,
-                              style=style, progress=False, batch_size=1,
-                              eos_id=eos_id)[0]["model_response"]
-
-
 def _length_groups(lengths, batch_size):
     """Indices grouped into batches of at most `batch_size` with equal prompt length.
 
@@ -120,7 +104,7 @@ def generate_responses(model, entries, tokenizer, device, max_new_tokens=MAX_NEW
 
     Switches the model to eval mode (no dropout) and restores its mode afterwards.
 
-    Introduced in: notebooks/07_evaluation.ipynb
+    Introduced in: notebooks/06_finetuning.ipynb
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -179,7 +163,8 @@ def save_responses(entries, path):
     leaves the previous file as it was. A value JSON cannot hold raises `DataError`
     naming the entry and the field.
 
-    Introduced in: notebooks/07_evaluation.ipynb
+    Not in a notebook: the pipeline writes a run folder's responses with it; notebook 07
+    reads them.
     """
     entries = list(entries)
     bad = _find_unserialisable(entries)

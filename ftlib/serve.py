@@ -12,6 +12,9 @@ is refused too); directories give 404.
 `Range: bytes=N-` and `bytes=N-M` are honoured, so interrupted downloads resume;
 each file has an ETag and Last-Modified, and `If-Range` with another version gets
 the whole file, so a resumed download never splices two versions.
+
+Not in a notebook: the server's plumbing and its command line (notebook 05 uses
+`serve_directory`, whose pointer says so).
 """
 
 import argparse
@@ -41,8 +44,6 @@ class LocalServer(str):
     - `.requests`: a list of (method, path, range header or None), one per request
     - `.fail_after_bytes`: if not None, each response body is cut after this many
       bytes and the connection closed (a dropped download); set it to None to heal.
-
-    Introduced in: notebooks/01_instruction_data.ipynb
     """
 
     def __new__(cls, url, root, fail_after_bytes=None):
@@ -190,7 +191,7 @@ def serve_directory(root, host="127.0.0.1", port=0, fail_after_bytes=None):
     >>> with serve_directory("data") as url:
     ...     download_file(f"{url}/instruction-data.json", "copy.json")
 
-    Introduced in: notebooks/01_instruction_data.ipynb
+    Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     root = Path(root)
     if not root.is_dir():
@@ -215,8 +216,6 @@ def serve_directory(root, host="127.0.0.1", port=0, fail_after_bytes=None):
 
 def main(argv=None):
     """Command line: `python -m ftlib.serve DIR [--host H] [--port P]`, until Ctrl-C.
-
-    Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     parser = argparse.ArgumentParser(
         prog="python -m ftlib.serve",

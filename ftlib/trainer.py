@@ -36,7 +36,10 @@ from ftlib.modelfiles import save_checkpoint
 
 
 class TrainingDiverged(FtlibError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite.
+
+    Not in a notebook: raised by `train_model` when the loss becomes NaN or infinite.
+    """
 
 
 def split_batch(batch):
@@ -295,7 +298,7 @@ class TrainHistory:
     """What `train_model` records: the losses every `eval_freq` steps, the tokens seen
     then, and the counts of the padding meter. Saved inside every checkpoint.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Not in a notebook: what `train_model` returns; notebook 06 reads its fields.
     """
 
     train_losses: list = field(default_factory=list)

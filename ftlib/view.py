@@ -260,7 +260,7 @@ def top_predictions(model, item, k=3, mask_prompt=True):
     and loss (cross-entropy at that target; None where the target is ignored). The
     mean of the losses is the batch loss of `calc_loss_batch` for this one item.
 
-    Introduced in: notebooks/06_finetuning.ipynb
+    Not in a notebook: the numbers behind `prediction_view`, which notebook 06 shows.
     """
     ids, prompt_length = split_item(item)
     inputs, targets = instruction_collate_fn([item] if mask_prompt else [ids])

@@ -72,7 +72,7 @@ def import_tensorflow_quietly():
 
     Imported only when a checkpoint is read or written: it takes seconds to load.
 
-    Introduced in: notebooks/05_loading_gpt2.ipynb
+    Not in a notebook: the TensorFlow import behind the checkpoint readers.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TF's C++ info lines
     # TF 2.21 prints a "oneDNN custom operations are on" line whatever the level;
@@ -196,7 +196,7 @@ def load_gpt2_params_from_tf_ckpt(ckpt_path, settings):
     OpenAI's variable names become paths in `params` (see ftlib/gpt2_names.py), and
     the size-1 axes are squeezed away: a conv1d weight (1, in, out) -> (in, out).
 
-    Introduced in: notebooks/05_loading_gpt2.ipynb
+    Not in a notebook: the reading step inside `download_and_load_gpt2`.
     """
     tf = import_tensorflow_quietly()
     return _params_from_variables(_tf_variables(tf, ckpt_path), settings)
@@ -225,7 +225,8 @@ def assign(left, right, name):
     a shape mismatch raises ConfigError naming it and both shapes. The parameter keeps
     its dtype and device (the copy converts), so an optimizer holding it still works.
 
-    Introduced in: notebooks/05_loading_gpt2.ipynb
+    Not in a notebook: the book's copy with a shape check, which `load_weights_into_gpt` calls
+    for every row of the table.
     """
     if left is None:
         raise ConfigError(
@@ -271,6 +272,24 @@ def load_weights_into_gpt(model, params):
     return model
 
 
+def read_safetensors(path, missing_hint=None):
+    """The tensors of a safetensors file, as a dict; ConfigError naming the file when it
+    is missing (with `missing_hint`, if given) or unreadable.
+
+    Not in a notebook: the reader under `load_hf_safetensors_into_gpt` and `load_base_model`.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"safetensors file not found: {path}" + (f" ({missing_hint})" if missing_hint else ""))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a readable safetensors file: {exc}") from None
+
+
 def load_hf_safetensors_into_gpt(model, path):
     """Load Hugging Face's GPT-2 `model.safetensors` (openai-community/gpt2*) into `model`.
 
@@ -279,16 +298,7 @@ def load_hf_safetensors_into_gpt(model, path):
 
     Introduced in: notebooks/05_loading_gpt2.ipynb
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"safetensors file not found: {path}")
-    try:
-        state_dict = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is not a readable safetensors file: {exc}") from exc
+    state_dict = read_safetensors(path)
     try:
         return load_weights_into_gpt(model, hf_state_dict_to_params(state_dict))
     except ConfigError as exc:
