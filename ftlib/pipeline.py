@@ -13,6 +13,8 @@ Each step is a plain function a notebook can call on its own (`build_model`,
     config.json          the settings of the run (model config included)
     loss-plot.png        training and validation loss
     test-responses.json  held-out entries with the model's responses before and after
+    pretraining-only-responses.json  the same for the facts only pretraining states
+                         (bundled data)
     metrics.json         held-out scores per task family, before and after, timings
     model.pth            the fine-tuned model's state_dict
     checkpoint.pt        model + optimizer + step, for --resume
@@ -43,11 +45,11 @@ from ftlib.generate import MAX_NEW_TOKENS
 #   in every task family: 37 % held-out exact match against 80 %);
 # - GPT-2: the chapter's lr 5e-5 (and no schedule) keeps pretrained weights close to
 #   where they were; the chapter does not mask the prompt.
+TINY_DEFAULTS = {"lr": 1e-3, "epochs": 20, "batch_size": 16, "mask_prompt": True,
+                 "warmup_cosine": True, "allowed_max_length": 256}
 MODEL_DEFAULTS = {
-    "base": {"lr": 1e-3, "epochs": 20, "batch_size": 16, "mask_prompt": True,
-             "warmup_cosine": True, "allowed_max_length": 256},
-    "scratch": {"lr": 1e-3, "epochs": 20, "batch_size": 16, "mask_prompt": True,
-                "warmup_cosine": True, "allowed_max_length": 256},
+    "base": TINY_DEFAULTS,
+    "scratch": TINY_DEFAULTS,
     "gpt2": {"lr": 5e-5, "epochs": 2, "batch_size": 8, "mask_prompt": False,
              "warmup_cosine": False, "allowed_max_length": 1024},
 }
