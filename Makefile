@@ -45,6 +45,7 @@ bench: setup
 	$(PY) benchmarks/bench_padding.py
 	$(PY) benchmarks/bench_finetune.py --quick
 	$(PY) benchmarks/bench_generate.py --quick
+	$(PY) benchmarks/bench_roofline.py --profile
 
 lab: setup
 	$(PY) -m jupyter lab notebooks

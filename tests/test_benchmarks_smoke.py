@@ -22,6 +22,7 @@ sys.path.insert(0, str(BENCH))
 import bench_finetune  # noqa: E402
 import bench_notebooks  # noqa: E402
 import bench_padding  # noqa: E402
+import bench_roofline  # noqa: E402
 import common  # noqa: E402
 import gpu_check  # noqa: E402
 
@@ -118,3 +119,13 @@ def test_gpu_check_needs_no_tensorflow_or_jupyter():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")]).returncode == 0
+
+
+def test_roofline_counts_flops_and_reports_both_precisions(items):
+    train_items, _ = items
+    plan = dict(bench_roofline.PLANS["tiny"], steps=1, warmup=1)
+    seconds, flops = bench_roofline.time_steps("tiny", None, train_items[:64], plan)
+    cfg = get_config("tiny")
+    # at least the output layer's share: 6 x emb_dim x vocab per target, and targets exist
+    assert seconds > 0 and flops > 6 * cfg["emb_dim"] * cfg["vocab_size"]
+    assert bench_roofline.matmul_peak(64, torch.bfloat16, tokens=128, reps=1) > 0
