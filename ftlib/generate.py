@@ -59,6 +59,22 @@ def _last_logits(model, idx, kv_cache=None):
     return model.out_head(hidden[:, -1, :])               # (b, vocab)
 
 
+def _next_logits(model, idx, idx_next, cache, limit, context_size):
+    """(logits for the next token, the cache) once `idx_next` was appended to `idx`.
+
+    While the cache has room, only the new token is fed (its position is cache.length).
+    Once the window is full, the chapter's loop crops to the last `context_size` tokens,
+    which renumbers every token's position from 0, so the cached keys and values
+    (computed at other positions) no longer apply: the cache is dropped and the whole
+    window runs each step, exactly as the chapter does. The result stays identical and
+    memory stays bounded. (A rolling cache that kept old positions would be faster,
+    but would give different tokens.)
+    """
+    if cache is not None and cache.length < limit:
+        return _last_logits(model, idx_next, cache), cache
+    return _last_logits(model, idx[:, -context_size:]), None
+
+
 def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None,
              eos_id=None, use_cache=True):
     """Append up to `max_new_tokens` tokens to `idx` (b, n) and return (b, n + new).
@@ -102,19 +118,7 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
             if step == max_new_tokens - 1:
                 break  # no logits are needed after the last token
 
-            if cache is not None and cache.length < limit:
-                # The new token's position is cache.length: feed only it.
-                logits = _last_logits(model, idx_next, cache)
-            else:
-                # The window is full: the chapter's loop now crops to the last
-                # `context_size` tokens, which renumbers every token's position from
-                # 0, so the cached keys and values (computed at other positions) no
-                # longer apply. We drop the cache and run the whole window each step,
-                # exactly as the chapter does: the result stays identical, and memory
-                # stays bounded by the window. (A rolling cache that kept old
-                # positions would be faster, but would give different tokens.)
-                cache = None
-                logits = _last_logits(model, idx[:, -context_size:])
+            logits, cache = _next_logits(model, idx, idx_next, cache, limit, context_size)
     return idx
 
 
@@ -159,8 +163,4 @@ def generate_stream(model, idx, max_new_tokens, context_size, temperature=0.0, t
             idx = torch.cat((idx, idx_next), dim=1)
             if step == max_new_tokens - 1:
                 return
-            if cache is not None and cache.length < limit:
-                logits = _last_logits(model, idx_next, cache)
-            else:  # the window is full: as in generate, drop the cache and crop
-                cache = None
-                logits = _last_logits(model, idx[:, -context_size:])
+            logits, cache = _next_logits(model, idx, idx_next, cache, limit, context_size)

@@ -23,7 +23,6 @@ layer is most of the work.
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ftlib.errors import ConfigError
 from ftlib.model import TINY_BASE_CONFIG, GPTModel
+from ftlib.trainer import warmup_cosine_schedule
 from ftlib.tokenizer import END_OF_TEXT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -139,9 +139,7 @@ def pretrain(model, ids, block_size=128, batch_size=8, epochs=40, lr=3e-3,
     steps_per_epoch = (len(ids) - block_size) // block_size // batch_size
     total = steps_per_epoch * epochs
     optimizer = _optimizer(model, lr, weight_decay)
-    warmup = max(1, total // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else
-                                                 0.1 + 0.45 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    schedule = warmup_cosine_schedule(optimizer, total)  # 5 % warm-up, cosine to lr / 10
     log(f"Pretraining on {len(ids):,} tokens ({len(vocab_ids):,} distinct): "
         f"{epochs} epochs of {steps_per_epoch} steps, batch {batch_size} x {block_size} tokens")
     model.train()
