@@ -14,7 +14,7 @@ PY          := $(VENV)/bin/python
 # Extra arguments for the CLI, e.g. make finetune ARGS="--epochs 2"
 ARGS        ?=
 
-.PHONY: setup test test-browser finetune lab bench data pretrain clean-venv
+.PHONY: setup test test-zh test-browser finetune dpo lab slides student bench data pretrain clean-venv
 
 setup: $(VENV)/.installed
 
@@ -25,10 +25,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Unit tests and every notebook re-executed and compared with its committed outputs.
+# The Chinese edition (notebooks/zh/) has the same code cells as the English notebooks
+# (tests/test_zh.py checks that), so it is not executed a second time here: that would
+# double the notebooks' share of CI's 10 minutes. `make test-zh` runs it under nbval.
 test: setup
 	$(PY) -m pytest tests notebooks --nbval --nbval-current-env \
 		--nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider \
-		--ignore tests/test_browser.py
+		--ignore tests/test_browser.py --ignore notebooks/zh
+
+test-zh: setup
+	$(PY) -m pytest notebooks/zh --nbval --nbval-current-env \
+		--nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 
 # The notebooks in JupyterLab in headless Chromium (about 2 minutes): they open unmodified,
 # every output renders, the explorer and the chat box work. Needs /usr/bin/chromium
@@ -40,6 +47,15 @@ test-browser: setup
 finetune: setup
 	$(PY) -m ftlib finetune $(ARGS)
 
+# For class (INSTRUCTORS.md): one offline reveal.js HTML file per lesson notebook in slides/
+# (the first run fetches reveal.js and MathJax from the npm registry into .cache/vendor/);
+# students' copies in student/: outputs cleared, answers removed, no solutions.
+slides: setup
+	$(PY) scripts/make_slides.py
+
+student: setup
+	$(PY) scripts/make_student_copies.py
+
 # Benchmarks (see benchmarks/README.md): ratios against a baseline measured in the same run.
 bench: setup
 	$(PY) benchmarks/bench_padding.py
@@ -47,12 +63,17 @@ bench: setup
 	$(PY) benchmarks/bench_generate.py --quick
 	$(PY) benchmarks/bench_roofline.py --profile
 
+# After `make finetune`: preference tuning (DPO) of runs/latest into runs/dpo (about a minute).
+dpo: setup
+	$(PY) -m ftlib dpo $(ARGS)
+
 lab: setup
 	$(PY) -m jupyter lab notebooks
 
-# Regenerate data/instruction-data.json (deterministic).
+# Regenerate data/instruction-data.json and data/preference-data.json (deterministic).
 data: setup
 	$(PY) scripts/make_instruction_data.py
+	$(PY) scripts/make_preference_data.py
 
 # Pretrain the tiny base model (models/gpt2-tiny-base/) on data/pretraining-corpus.txt
 # (a few minutes on 2 CPU cores; deterministic).

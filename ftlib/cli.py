@@ -1,7 +1,9 @@
-"""Command line: `python -m ftlib finetune [options]` and `python -m ftlib export-hf RUN OUT`.
+"""Command line: `python -m ftlib finetune [options]`, `python -m ftlib dpo [options]`
+and `python -m ftlib export-hf RUN OUT`.
 
 The CLI only parses arguments into a `RunConfig` (ftlib/pipeline.py, where every
-default lives) and calls `finetune(config)`. An error a user can cause exits with
+default lives) and calls `finetune(config)`, or into a `DPOConfig` (ftlib/dpo.py)
+for `preference_tune(config)`. An error a user can cause exits with
 status 2 and one line, without a traceback.
 
 Not in a notebook: the command line itself; notebooks call ftlib.pipeline directly.
@@ -56,21 +58,41 @@ def add_finetune_options(ft):
     ft.add_argument("--lora-alpha", type=float, help="LoRA scaling alpha (default 16, as in the book)")
 
 
+def add_dpo_options(dpo):
+    """The options of `dpo`: one per `DPOConfig` field, defaults left to DPOConfig."""
+    dpo.add_argument("--run", type=Path, help="the fine-tuned run folder to start from (default runs/latest)")
+    dpo.add_argument("--out", type=Path, help="run folder to write (default runs/dpo)")
+    dpo.add_argument("--data", type=Path,
+                     help="preference pairs: the chapter's fields plus 'chosen' and 'rejected' "
+                          "(default: data/preference-data.json)")
+    dpo.add_argument("--beta", type=float, help="how far the model may move from the reference")
+    dpo.add_argument("--lr", type=float)
+    dpo.add_argument("--epochs", type=int)
+    dpo.add_argument("--batch-size", type=int, help="pairs per batch")
+    dpo.add_argument("--max-train-pairs", type=int, help="train on the first N training pairs only")
+    dpo.add_argument("--max-new-tokens", type=int, help="longest response generated when evaluating")
+    dpo.add_argument("--seed", type=int)
+    dpo.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
+    dpo.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                     help="no progress bars")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m ftlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     add_finetune_options(sub.add_parser("finetune", help="instruction fine-tuning, end to end"))
+    add_dpo_options(sub.add_parser("dpo", help="preference tuning (DPO) of a fine-tuned run"))
     ex = sub.add_parser("export-hf", help="export a run folder to a Hugging Face GPT-2 folder")
     ex.add_argument("run_dir", type=Path, help="a run folder of `finetune` (config.json, model.pth)")
     ex.add_argument("out_dir", type=Path, help="the folder to write (replaced if it exists)")
     return parser
 
 
-def config_from_args(args):
-    """The `RunConfig` of parsed `finetune` arguments: what was given, the rest default."""
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    return RunConfig(**{key: value for key, value in vars(args).items()
-                        if key in fields and value is not None})
+def config_from_args(args, config_class=RunConfig):
+    """The `RunConfig` (or `DPOConfig`) of parsed arguments: what was given, the rest default."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    return config_class(**{key: value for key, value in vars(args).items()
+                           if key in fields and value is not None})
 
 
 def _torchrun_rank():
@@ -99,6 +121,10 @@ def main(argv=None):
     try:
         if args.command == "finetune":
             finetune(config_from_args(args))
+        elif args.command == "dpo":
+            from ftlib.dpo import DPOConfig, preference_tune
+
+            preference_tune(config_from_args(args, DPOConfig))
         elif args.command == "export-hf":
             from ftlib.export import main_export
 

@@ -361,7 +361,7 @@ def _run_in_folder(config, device, run, folder, log):
     answer = _answerer(config, tokenizer, device, is_main_process())
     tests = test_sets(run["dataset"], test)
     with main_process_first():  # rank 0 generates; the others wait for it
-        before = {name: answer(model, entries) for name, entries in tests.items()}
+        before = _answers_before(config, device, model, tests, answer)
     start = time.perf_counter()
     history = _train(config, model, *run["loaders"], eval_train_loader, device, log,
                      folder, run["resume_state"], _resume_settings(config, train))
@@ -376,6 +376,30 @@ def _run_in_folder(config, device, run, folder, log):
                                      "world_size": n_proc}, log, out=folder.work)
         folder.commit()
         return metrics
+
+
+# The answers of the untrained model, kept for the runs that follow in this process.
+_BEFORE = {}
+
+
+def _answers_before(config, device, model, tests, answer):
+    """The model's answers to the test sets before training.
+
+    The committed base loads the same weights in every run, the random-weights model
+    draws the same ones from the same seed, and LoRA changes nothing before training
+    (B starts at zero). So runs in one process that ask the same questions in the same
+    prompt style get the same answers: they are generated once and then reused (the
+    exercise solutions make five runs from the base).
+    """
+    import copy
+
+    if _model_kind(config.model) == "gpt2":
+        return {name: answer(model, entries) for name, entries in tests.items()}
+    key = json.dumps([config.model, config.seed if _model_kind(config.model) == "scratch" else None,
+                      config.prompt_style, config.max_new_tokens, str(device), tests], sort_keys=True)
+    if key not in _BEFORE:
+        _BEFORE[key] = {name: answer(model, entries) for name, entries in tests.items()}
+    return copy.deepcopy(_BEFORE[key])
 
 
 def _check_something_to_learn(config, train_items, log):

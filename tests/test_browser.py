@@ -55,7 +55,7 @@ SHOTS = ARTIFACTS / "screenshots"
 OWN = ARTIFACTS / "notebooks"  # notebooks this test writes, inside the served root
 # FTLIB_BROWSER_NOTEBOOKS: another folder of notebooks to check (e.g. freshly re-run copies)
 LESSONS = Path(os.environ.get("FTLIB_BROWSER_NOTEBOOKS", ROOT / "notebooks")).resolve()
-NOTEBOOKS = sorted(LESSONS.glob("*.ipynb"))
+NOTEBOOKS = sorted(LESSONS.glob("*.ipynb")) + sorted(LESSONS.glob("zh/*.ipynb"))  # and the Chinese edition
 sys.path.insert(0, str(ROOT / "scripts"))
 from run_notebooks import KERNELSPEC, run_notebook  # noqa: E402
 
@@ -212,10 +212,10 @@ def check_outputs_render(page, path):
     assert broken == 0, f"{path.name}: {broken} images did not load"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_notebook_opens_unmodified_and_every_output_renders(page, path):
     open_notebook(page, path)
-    screenshot(page, path.stem)
+    screenshot(page, f"zh-{path.stem}" if path.parent.name == "zh" else path.stem)
     assert not is_dirty(page), f"{path.name} opens already modified (its metadata differs from JupyterLab's)"
     check_outputs_render(page, path)
     assert page.errors == [], f"{path.name}: browser console errors: {page.errors}"
@@ -305,7 +305,8 @@ def test_explorer_works_without_a_kernel_after_run_all_and_after_reopen(page):
     assert page.errors == [], page.errors
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if "token_explorer(" in p.read_text()],
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS  # English only: the Chinese code is the same
+                                  if p.parent == LESSONS and "token_explorer(" in p.read_text()],
                          ids=lambda p: p.name)
 def test_lesson_explorer_is_one_view_after_run_all(page, path, tmp_path):
     copy = OWN / f"run-all-{path.name}"  # a copy: the lesson notebook is never changed
@@ -338,3 +339,31 @@ def test_chat_box_answers_a_question(page):
                            arg=base_answer, timeout=30_000)
     screenshot(page, "chat")
     assert page.errors == [], page.errors
+
+
+def _set_locale(page, locale):
+    """JupyterLab's interface language, through its settings API (as Settings > Language does)."""
+    base, token = page.server
+    response = page.request.put(
+        f"{base}/lab/api/settings/@jupyterlab/translation-extension:plugin?token={token}",
+        data=json.dumps({"raw": json.dumps({"locale": locale})}),
+        headers={"Content-Type": "application/json"})
+    assert response.ok, response.text()
+
+
+def test_the_interface_switches_to_chinese_with_the_language_pack(page):
+    zh = sorted(LESSONS.glob("zh/0*.ipynb"))
+    if not zh:
+        pytest.skip("no Chinese notebooks in this folder")
+    base, token = page.server
+    assert page.request.get(f"{base}/lab/api/translations/zh_CN?token={token}").json()["data"], (
+        "the language pack jupyterlab-language-pack-zh-cn is not installed (make setup installs it)")
+    _set_locale(page, "zh_CN")
+    try:
+        open_notebook(page, zh[0])
+        menus = page.locator(".lm-MenuBar-itemLabel").all_inner_texts()
+        assert "文件" in menus and "编辑" in menus, menus  # File, Edit
+        assert "词元" in page.locator(".jp-Notebook").inner_text()  # the notebook's own Chinese
+        screenshot(page, "zh-interface")
+    finally:
+        _set_locale(page, "en")

@@ -140,3 +140,24 @@ def test_finetune_from_python_takes_a_run_config(small_data, tmp_path):
         RunConfig(epoch=3)
     with pytest.raises(ConfigError, match="--epochs must be a whole number"):
         finetune(RunConfig(epochs="many"))
+
+
+def test_runs_in_one_process_answer_before_training_once(small_data, tmp_path, monkeypatch):
+    # the base starts every run from the same weights (LoRA too: B = 0), so the answers
+    # before training are generated once and reused by later runs with the same prompts
+    import ftlib.responses
+    from ftlib import pipeline
+
+    calls = []
+    real = ftlib.responses.generate_responses
+    monkeypatch.setattr(ftlib.responses, "generate_responses",
+                        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    monkeypatch.setattr(pipeline, "_BEFORE", {})
+    settings = dict(data=small_data, max_steps=1, batch_size=4, max_new_tokens=3, progress=False)
+    first = pipeline.finetune(pipeline.RunConfig(out=tmp_path / "a", **settings), log=None)
+    assert len(calls) == 2  # before and after
+    lora = pipeline.finetune(pipeline.RunConfig(out=tmp_path / "b", lora_rank=2, **settings), log=None)
+    assert len(calls) == 3 and lora["before"] == first["before"]  # only after
+    responses = json.loads((tmp_path / "b" / "test-responses.json").read_text())
+    first_responses = json.loads((tmp_path / "a" / "test-responses.json").read_text())
+    assert [r["model_response_before"] for r in responses] == [r["model_response_before"] for r in first_responses]

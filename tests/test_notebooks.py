@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(_DIR.glob("*.ipynb")) + sorted((_DIR / "zh").glob("*.ipynb"))  # and the Chinese edition
 
 
 def _code_cells(path):
