@@ -17,7 +17,7 @@ rejected one's, and `beta` sets how far the model may move from the reference.
 
 The bundled preference data (`data/preference-data.json`, made by
 `scripts/make_preference_data.py`) pairs every instruction entry with a chosen
-response that is a full sentence ("The answer is Bucharest.") and a rejected one
+response that is a full sentence ("Bucharest is the answer.") and a rejected one
 that is the bare answer ("Bucharest"), which is what instruction fine-tuning taught.
 The property is seen at a glance and scored exactly (`is_full_sentence`), and the
 answer inside the sentence is still checked by exact match (`answer_in`). The
@@ -56,7 +56,7 @@ def make_preference_pair(entry):
     answer) response:
 
     >>> make_preference_pair({"instruction": "Capital of Romania?", "input": "", "output": "Bucharest"})
-    {..., 'chosen': 'The answer is Bucharest.', 'rejected': 'Bucharest'}
+    {..., 'chosen': 'Bucharest is the answer.', 'rejected': 'Bucharest'}
 
     Introduced in: notebooks/09_preference_tuning_dpo.ipynb
     """

@@ -88,7 +88,7 @@ def _length_groups(lengths, batch_size):
 
 
 def generate_responses(model, entries, tokenizer, device, max_new_tokens=MAX_NEW_TOKENS,
-                       style="alpaca", progress=True, batch_size=8, eos_id=END_OF_TEXT_ID):
+                       style="alpaca", progress=True, batch_size=32, eos_id=END_OF_TEXT_ID):
     """Copies of `entries`, each with the model's answer under `"model_response"`.
 
     Greedy decoding with the KV cache, stopping at `<|endoftext|>` (id 50256), as in
