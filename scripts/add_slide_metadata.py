@@ -1,7 +1,8 @@
 """Give every cell of the lesson notebooks (and the exercises) its slideshow metadata.
 
 One slide per section, the section's check and output as fragments:
-- a markdown cell that starts with a heading ("# ..." or "## ...") opens a slide;
+- a markdown cell with a section heading ("# ..." or "## ...", first or after a closing
+  paragraph of the section before) opens a slide;
 - other markdown (the text before a code cell) is a sub-slide below it, so long
   prose never overflows one screen;
 - a code cell, with its output, is a fragment: it appears on the next click.
@@ -13,6 +14,7 @@ to offline reveal.js HTML. Run after adding or splitting cells, then commit:
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,8 +25,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + [ROOT / "n
 def slide_type(cell):
     """The slide type a cell gets: "slide", "subslide" or "fragment"."""
     if cell["cell_type"] == "markdown":
-        first = "".join(cell["source"]).lstrip().split("\n", 1)[0]
-        return "slide" if first.startswith("#") else "subslide"
+        lines = "".join(cell["source"]).splitlines()
+        return "slide" if any(re.match(r"#{1,2} ", line) for line in lines) else "subslide"
     return "fragment"
 
 
