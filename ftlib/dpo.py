@@ -151,16 +151,13 @@ def preference_collate_fn(batch, pad_token_id=END_OF_TEXT_ID, allowed_max_length
 
 def sequence_logprobs(model, inputs, targets):
     """log p(response | prompt) of each row: the sum of log-probabilities of the targets
-    that are not -100, shape (rows,). The output head runs only at those positions.
+    that are not -100, shape (rows,). It is the fine-tuning loss, per token and negated:
+    `model(inputs, targets)` runs the output head only at those targets.
 
     Introduced in: notebooks/09_preference_tuning_dpo.ipynb
     """
-    keep = targets != IGNORE_INDEX                        # (b, t)
-    hidden = model.hidden_states(inputs)                  # (b, t, d)
-    logits = model.out_head(hidden[keep]).float()         # (targets, vocab)
-    token_logprobs = torch.log_softmax(logits, dim=-1).gather(
-        -1, targets[keep].unsqueeze(-1)).squeeze(-1)      # (targets,)
-    rows = keep.nonzero()[:, 0]                           # the row of each target
+    token_logprobs = -model(inputs, targets, reduction="none").float()  # (targets,), row by row
+    rows = (targets != IGNORE_INDEX).nonzero()[:, 0]                     # the row of each target
     return torch.zeros(inputs.shape[0], device=inputs.device).index_add(0, rows, token_logprobs)
 
 

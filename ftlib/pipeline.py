@@ -393,9 +393,10 @@ def _answers_before(config, device, model, tests, answer):
     """
     import copy
 
-    if _model_kind(config.model) == "gpt2":
+    kind = _model_kind(config.model)
+    if kind == "gpt2":
         return {name: answer(model, entries) for name, entries in tests.items()}
-    key = json.dumps([config.model, config.seed if _model_kind(config.model) == "scratch" else None,
+    key = json.dumps([config.model, config.seed if kind == "scratch" else None,
                       config.prompt_style, config.max_new_tokens, str(device), tests], sort_keys=True)
     if key not in _BEFORE:
         _BEFORE[key] = {name: answer(model, entries) for name, entries in tests.items()}

@@ -14,7 +14,7 @@ that needs the registry); after that everything works offline.
 """
 
 import argparse
-import io
+import functools
 import json
 import re
 import sys
@@ -38,8 +38,10 @@ REVEAL, JQUERY, REQUIRE, MERMAID, MATHJAX = ("FTLIB-REVEAL", "FTLIB-JQUERY", "FT
                                              "FTLIB-MERMAID", "FTLIB-MATHJAX")
 
 
+@functools.lru_cache(maxsize=None)
 def vendor_file(package, member):
-    """The text of `member` (a path inside the package) from its cached npm tarball."""
+    """The text of `member` (a path inside the package) from its cached npm tarball; read
+    once per process (the tarball is hashed and unpacked once, not for every notebook)."""
     version, sha256 = VENDOR[package]
     name = package.split("/")[-1]
     tarball = CACHE / f"{name}-{version}.tgz"
