@@ -62,10 +62,10 @@ student: setup
 
 # Benchmarks (see benchmarks/README.md): ratios against a baseline measured in the same run.
 bench: setup
-	$(PY) benchmarks/bench_padding.py
-	$(PY) benchmarks/bench_finetune.py --quick
-	$(PY) benchmarks/bench_generate.py --quick
 	$(PY) benchmarks/bench_roofline.py --profile
+	$(PY) benchmarks/bench_finetune.py
+	$(PY) benchmarks/bench_padding.py
+	$(PY) benchmarks/bench_generate.py --quick
 
 # After `make finetune`: preference tuning (DPO) of runs/latest into runs/dpo (about a minute).
 dpo: setup

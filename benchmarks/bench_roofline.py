@@ -10,20 +10,18 @@ training step uses (model FLOPs utilisation, MFU).
    the best of several repetitions after a warm-up.
 2. A training step as `train_model` takes it (packed batches of the bundled data,
    the loss at targets only, fused AdamW), in float32 and under bf16 autocast. Its
-   model FLOPs are counted from the shapes, forward + backward (3x the forward):
-   2 x block parameters per input token, 2 x emb_dim x vocab per target (the output
-   layer runs only there), and 4 x emb_dim x length^2 per row and layer for the
-   attention scores and their weighted sum (the block-diagonal mask is applied
-   after they are computed, so the full square is counted).
+   model FLOPs are counted from the shapes (`ftlib.roofline.step_flops`: forward +
+   backward, the output layer at targets only, attention's full square).
    MFU = those FLOPs per second / the peak of the same precision.
-3. With `--profile`: torch.profiler's top operators in one bf16-autocast step of the
-   largest model (after two warm-up steps, so AdamW's state already exists).
+3. With `--profile`: where a step of the largest model spends its time, from
+   torch.profiler over three steps (after two warm-up steps, so AdamW's state already exists): self CPU
+   time grouped by what the operators do (matrix products, attention, casts between
+   precisions, softmax + loss, LayerNorm + GELU, AdamW, zeroing), float32 against bf16
+   autocast; then the top operators of the bf16 step.
 """
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, ftlib_loader, load_items, machine_line  # noqa: E402
 
 from ftlib.model import GPTModel, get_config  # noqa: E402
-from ftlib.trainer import accumulate_gradients, make_optimizer, split_batch  # noqa: E402
+from ftlib.roofline import matmul_peak, time_training_steps  # noqa: E402
+from ftlib.trainer import accumulate_gradients, make_optimizer  # noqa: E402
 
 PLANS = {  # batch size as make finetune (tiny) and the chapter (gpt2-small); steps timed
     "tiny": dict(batch_size=16, steps=10, warmup=2),
@@ -41,47 +40,15 @@ PLANS = {  # batch size as make finetune (tiny) and the chapter (gpt2-small); st
 PRECISIONS = {"float32": None, "bf16 autocast": torch.bfloat16}
 
 
-def matmul_peak(d, dtype, tokens=2048, reps=10):
-    """FLOP/s of (tokens x d) @ (d x 4d) in `dtype`: the best of `reps` after a warm-up."""
-    a, b = torch.randn(tokens, d, dtype=dtype), torch.randn(d, 4 * d, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * tokens * d * 4 * d / best
-
-
-def step_flops(cfg, block_params, batch):
-    """Model FLOPs of one training step on a packed batch (see the module docstring)."""
-    inputs, targets, _ = split_batch(batch)
-    tokens, n_targets = inputs.numel(), int((targets != -100).sum())
-    d, rows, length = cfg["emb_dim"], inputs.shape[0], inputs.shape[1]
-    forward = (2 * block_params * tokens + 2 * d * cfg["vocab_size"] * n_targets
-               + 4 * d * length * length * rows * cfg["n_layers"])
-    return 3 * forward
-
-
 def time_steps(name, dtype, train_items, plan):
     """(median seconds per step, model FLOPs per step) of `plan["steps"]` training steps."""
     cfg = get_config(name)
     torch.manual_seed(123)
     model = GPTModel(cfg)
-    block_params = sum(p.numel() for p in model.trf_blocks.parameters())
     optimizer = make_optimizer(model, lr=1e-4, weight_decay=0.1)
     batches = iter(ftlib_loader(train_items, plan["batch_size"], "cpu", cfg["context_length"]))
-    times, flops = [], []
-    for step in range(plan["warmup"] + plan["steps"]):
-        batch = next(batches)
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        accumulate_gradients([batch], model, "cpu", autocast_dtype=dtype)
-        optimizer.step()
-        if step >= plan["warmup"]:
-            times.append(time.perf_counter() - start)
-            flops.append(step_flops(cfg, block_params, batch))
-    return statistics.median(times), statistics.median(flops)
+    steps = [next(batches) for _ in range(plan["warmup"] + plan["steps"])]
+    return time_training_steps(model, optimizer, steps, autocast_dtype=dtype, warmup=plan["warmup"])
 
 
 def roofline(names, train_items, quick=False):
@@ -99,23 +66,66 @@ def roofline(names, train_items, quick=False):
     return rows
 
 
-def profile_step(name, train_items, dtype=torch.bfloat16, top=12):
-    """torch.profiler's table of the operators that take the most CPU time in one step."""
+# Where the time goes: operators grouped by what they do (self CPU time, torch.profiler).
+GROUPS = [
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
+    ("attention", ("scaled_dot_product", "flash_attention")),
+    ("casts between precisions", ("aten::copy_", "aten::_to_copy", "aten::to")),
+    ("softmax + loss", ("log_softmax", "nll_loss", "cross_entropy")),
+    ("LayerNorm + GELU", ("layer_norm", "gelu")),
+    ("optimizer (AdamW)", ("adamw", "Optimizer.step")),
+    ("zeroing gradients", ("aten::fill_", "aten::zero_", "zero_grad")),
+]
+
+
+def _group(op_name):
+    for group, keys in GROUPS:
+        if any(key.lower() in op_name.lower() for key in keys):
+            return group
+    return "everything else"
+
+
+def profile_step(name, train_items, dtype=torch.bfloat16, steps=3):
+    """torch.profiler on `steps` training steps (after two warm-up steps, so AdamW's
+    state exists): (self CPU seconds per step and group of operators, the top
+    operators' table, summed over the steps)."""
     from torch.profiler import ProfilerActivity, profile
 
     cfg = get_config(name)
+    torch.manual_seed(123)
     model = GPTModel(cfg)
     optimizer = make_optimizer(model, lr=1e-4, weight_decay=0.1)
     batch = next(iter(ftlib_loader(train_items, PLANS[name]["batch_size"], "cpu", cfg["context_length"])))
-    for _ in range(2):  # warm-up: AdamW creates its state on its first step
+
+    def step():
         optimizer.zero_grad(set_to_none=True)
         accumulate_gradients([batch], model, "cpu", autocast_dtype=dtype)
         optimizer.step()
+
+    step(), step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        optimizer.zero_grad(set_to_none=True)
-        accumulate_gradients([batch], model, "cpu", autocast_dtype=dtype)
-        optimizer.step()
-    return prof.key_averages().table(sort_by="cpu_time_total", row_limit=top)
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    groups = {}
+    for event in events:
+        group = _group(event.key)
+        groups[group] = groups.get(group, 0.0) + event.self_cpu_time_total / 1e6 / steps
+    return groups, events.table(sort_by="self_cpu_time_total", row_limit=12)
+
+
+def breakdown(name, train_items):
+    """One row per group of operators: seconds and share of one step, float32 and bf16."""
+    profiles = {precision: profile_step(name, train_items, dtype)[0] for precision, dtype in PRECISIONS.items()}
+    totals = {precision: sum(groups.values()) for precision, groups in profiles.items()}
+    rows = []
+    for group in [g for g, _ in GROUPS] + ["everything else", "total"]:
+        row = {"group": group}
+        for precision, groups in profiles.items():
+            seconds = totals[precision] if group == "total" else groups.get(group, 0.0)
+            row[precision] = f"{seconds * 1000:,.0f} ms ({seconds / totals[precision]:.0%})"
+        rows.append(row)
+    return rows
 
 
 COLUMNS = [("model", "model", "{}"), ("precision", "precision", "{}"),
@@ -138,7 +148,13 @@ def main(argv=None):
     rows = roofline(names, train_items, quick=args.quick)
     print(format_table(rows, COLUMNS))
     if args.profile:
-        print(profile_step(names[-1], train_items))
+        name = names[-1]
+        print(f"\nWhere a training step of {name} spends its time (torch.profiler, self CPU time per step, "
+              "mean of 3 steps)")
+        columns = [("operators", "group", "{}")] + [(p, p, "{}") for p in PRECISIONS]
+        print(format_table(breakdown(name, train_items), columns))
+        print(f"\nTop operators, bf16 autocast, {name} (3 steps):")
+        print(profile_step(name, train_items)[1])
     return rows
 
 

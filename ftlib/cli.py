@@ -48,7 +48,8 @@ def add_finetune_options(ft):
                     help="random: the chapter's padded batches; length: length-grouped batches; "
                          "packed (default): the same batches as random, packed without padding")
     ft.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
-                    help="bf16 autocast and TF32 matmuls (default: on with CUDA, off elsewhere)")
+                    help="bf16 autocast (and TF32 on CUDA); default: on with CUDA or a CPU "
+                         "with bfloat16 units (avx512_bf16, amx_bf16), off elsewhere")
     ft.add_argument("--prompt-style", choices=["alpaca", "phi3"],
                     help="the chapter's Alpaca prompt (default), or Phi-3's (exercise 7.1)")
     ft.add_argument("--max-train-entries", type=int,

@@ -92,7 +92,7 @@ class RunConfig:
     mask_prompt: bool = None       # ignore the targets inside the prompt
     warmup_cosine: bool = None     # warm-up and cosine decay of the learning rate
     batching: str = "packed"       # "random" (the chapter's), "length" or "packed"
-    mixed_precision: bool = None   # bf16 autocast and TF32 (default: on with CUDA only)
+    mixed_precision: bool = None   # bf16 autocast and TF32 (default: where it pays, see trainer)
     grad_clip: float = 1.0         # max gradient norm: one bad batch cannot throw the model off
     device: str = None             # cpu, cuda, mps (default: the best available)
     seed: int = 123                # the chapter's seed
@@ -515,11 +515,11 @@ def _train(config, model, train_loader, val_loader, eval_train_loader, device, l
     Checkpoints go to `folder.work` (rank 0; None elsewhere), with `run_settings` in them."""
     from ftlib.modelfiles import restore_checkpoint
     from ftlib.distributed import world_size
-    from ftlib.trainer import (autocast_dtype_for, enable_tf32, make_optimizer, train_model,
-                               warmup_cosine_schedule)
+    from ftlib.trainer import (autocast_dtype_for, enable_tf32, make_optimizer,
+                               mixed_precision_default, train_model, warmup_cosine_schedule)
 
     optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
-    mixed = device.type == "cuda" if config.mixed_precision is None else config.mixed_precision
+    mixed = mixed_precision_default(device) if config.mixed_precision is None else config.mixed_precision
     enable_tf32(device, mixed)
     total_steps = len(train_loader) * config.epochs
     if config.max_steps is not None:
@@ -534,7 +534,8 @@ def _train(config, model, train_loader, val_loader, eval_train_loader, device, l
     n_proc = world_size()
     where = f"{n_proc} processes ({device.type})" if n_proc > 1 else str(device)
     log(f"Fine-tuning {config.model} on {where}: {config.epochs} epochs, batch {config.batch_size}, "
-        f"lr {config.lr}, mask prompt {config.mask_prompt}")
+        f"lr {config.lr}, mask prompt {config.mask_prompt}, "
+        f"{'bf16 mixed precision' if autocast_dtype_for(device, bf16=mixed) else 'float32'}")
     return train_model(
         model, train_loader, val_loader, optimizer, device, config.epochs,
         eval_freq=max(1, total_steps // config.eval_points), eval_iter=config.eval_iter,

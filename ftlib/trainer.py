@@ -8,7 +8,7 @@ there differs:
   `extras` carries the position ids and the attention mask;
 - gradient accumulation with a token-weighted loss, exact across processes;
 - a learning-rate schedule, gradient clipping, `max_steps`, fused AdamW, bf16
-  autocast on CUDA;
+  autocast (mixed precision) on a GPU or a CPU with bfloat16 units;
 - a progress bar with the loss and a padding meter;
 - a loss that becomes NaN or infinite stops training, naming the step;
 - checkpoints written atomically; training resumes from one; the first Ctrl-C
@@ -125,19 +125,57 @@ def make_optimizer(model, lr, weight_decay, fused=None):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def autocast_dtype_for(device, bf16=True):
-    """`torch.bfloat16` on a CUDA GPU that supports it (when `bf16`), else None.
+def cpu_has_bf16_units(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU multiplies bfloat16 matrices natively (x86 `avx512_bf16` or
+    `amx_bf16` in /proc/cpuinfo's flags). False where that cannot be read (macOS,
+    Windows): there, `--mixed-precision` turns it on by hand.
 
-    Under bf16 autocast the matrix products run on the GPU's tensor cores at a
-    fraction of the float32 cost, while weights, gradients and the loss stay
-    float32. On the CPU it is off (not measured to pay here yet).
+    Without such units torch still runs bf16 on the CPU, by converting, which is
+    slower than float32. With them a bf16 matrix product runs at several times
+    the float32 rate (benchmarks/bench_roofline.py measures both).
+
+    Introduced in: notebooks/08_faster_training.ipynb
+    """
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def mixed_precision_default(device):
+    """Whether mixed precision pays on `device`: on a CUDA GPU, and on a CPU with
+    bfloat16 units (`cpu_has_bf16_units`); off elsewhere (MPS, older CPUs).
 
     Introduced in: notebooks/08_faster_training.ipynb
     """
     device = torch.device(device)
-    if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and cpu_has_bf16_units()
+
+
+def autocast_dtype_for(device, bf16=True):
+    """`torch.bfloat16` when `bf16` is asked for and `device` can run it (a CUDA GPU
+    that supports it, or the CPU), else None: the dtype for `torch.autocast`.
+
+    Under bf16 autocast the matrix products run in bfloat16 (on a GPU's tensor cores,
+    on a CPU's AVX-512 BF16 or AMX units) at a fraction of the float32 cost, while
+    weights, gradients, the optimizer and the loss stay float32. Whether it *pays*
+    is `mixed_precision_default`'s question; this one only says what is possible.
+
+    Introduced in: notebooks/08_faster_training.ipynb
+    """
+    device = torch.device(device)
+    if not bf16:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" else None
 
 
 def enable_tf32(device, enabled=True):

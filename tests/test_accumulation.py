@@ -9,8 +9,8 @@ from ftlib.collate import instruction_collate_fn
 from ftlib.model import GPTModel
 from ftlib.packing import pack_collate_fn
 from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.trainer import (TrainingDiverged, accumulate_gradients, autocast_dtype_for, batch_loss,
-                           compile_model, enable_tf32, make_optimizer, padding_tokens, train_model)
+from ftlib.trainer import (TrainingDiverged, accumulate_gradients, batch_loss,
+                           compile_model, make_optimizer, padding_tokens, train_model)
 from helpers import varied_items
 
 
@@ -156,13 +156,6 @@ def test_make_optimizer_falls_back_where_fused_is_missing(monkeypatch):
     assert isinstance(optimizer, real_adamw) and not optimizer.defaults["fused"]
     with pytest.raises(RuntimeError, match="fused"):
         make_optimizer(model, lr=1e-3, weight_decay=0.1, fused=True)
-
-
-def test_bf16_and_tf32_are_for_cuda_only():
-    assert autocast_dtype_for("cpu") is None
-    assert autocast_dtype_for(torch.device("cpu"), bf16=True) is None
-    assert enable_tf32("cpu") is False
-    assert torch.get_float32_matmul_precision() == "highest"
 
 
 def test_compile_model_keeps_the_loss():

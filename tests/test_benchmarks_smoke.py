@@ -74,14 +74,15 @@ def test_both_loops_see_the_same_examples_and_learn_alike(items):
                 max_steps=2, epochs=None, eval_every=1, val_items=8)
     cfg = get_config("tiny")
     rows = bench_finetune.throughput("tiny", cfg, plan, train_items[:32], "cpu")
-    base, fast = rows
-    assert base["targets"] == fast["targets"] > 0        # the same batches, the same targets
-    assert fast["processed"] < base["processed"]          # packed: less padding
-    assert fast["ratio"] > 0
+    base, fast, bf16 = rows
+    assert base["targets"] == fast["targets"] == bf16["targets"] > 0  # the same batches, the same targets
+    assert fast["processed"] == bf16["processed"] < base["processed"]  # packed: less padding
+    assert fast["ratio"] > 0 and bf16["ratio"] > 0
     rows = bench_finetune.learning("tiny", cfg, plan, train_items[:32], val_items, "cpu", target=None)
-    base, fast = rows
-    assert base["steps"] == fast["steps"] == 2
+    base, fast, bf16 = rows
+    assert base["steps"] == fast["steps"] == bf16["steps"] == 2
     assert abs(fast["delta"]) < 0.1  # same batches, same updates: the same loss (in %)
+    assert abs(bf16["vs_fp32"]) < 1.0  # bf16 products: close to float32's loss, not equal
     table = common.format_table(rows, bench_finetune.LEARNING_COLUMNS)
     assert "final val loss" in table and "ftlib" in table
 
@@ -129,3 +130,11 @@ def test_roofline_counts_flops_and_reports_both_precisions(items):
     # at least the output layer's share: 6 x emb_dim x vocab per target, and targets exist
     assert seconds > 0 and flops > 6 * cfg["emb_dim"] * cfg["vocab_size"]
     assert bench_roofline.matmul_peak(64, torch.bfloat16, tokens=128, reps=1) > 0
+
+
+def test_roofline_profile_groups_the_operators(items):
+    train_items, _ = items
+    groups, table = bench_roofline.profile_step("tiny", train_items[:64])
+    assert groups["matrix products"] > 0 and groups["optimizer (AdamW)"] > 0
+    assert groups["casts between precisions"] > 0  # bf16 autocast casts weights and activations
+    assert "aten::mm" in table

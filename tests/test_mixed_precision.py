@@ -1,0 +1,93 @@
+"""Mixed precision (bf16 autocast): where it is on by default, and that it learns
+what float32 learns."""
+
+import torch
+
+from ftlib.data import BUNDLED_DATA_PATH, InstructionDataset, load_instruction_data, split_data
+from ftlib.pipeline import RunConfig, item_loaders
+from ftlib.pretrain import load_base_model
+from ftlib.tokenizer import get_gpt2_tokenizer
+from ftlib.trainer import (accumulate_gradients, autocast_dtype_for, cpu_has_bf16_units, enable_tf32,
+                           loss_loader, make_optimizer, mixed_precision_default, warmup_cosine_schedule)
+
+STEPS = 50
+# Stated tolerances of the equivalence test (measured: see the test's docstring).
+CURVE_TOLERANCE = 0.02   # each 10-step mean of the training loss, relative to float32's
+FINAL_TOLERANCE = 0.02   # validation loss after 50 steps, relative to float32's
+
+
+def write_cpuinfo(tmp_path, flags):
+    path = tmp_path / "cpuinfo"
+    path.write_text(f"processor\t: 0\nmodel name\t: a CPU\nflags\t\t: fpu sse2 avx2 {flags}\n\n")
+    return path
+
+
+def test_bf16_units_are_read_from_the_cpu_flags(tmp_path):
+    assert cpu_has_bf16_units(write_cpuinfo(tmp_path, "avx512f avx512_bf16"))
+    assert cpu_has_bf16_units(write_cpuinfo(tmp_path, "amx_tile amx_bf16"))
+    assert not cpu_has_bf16_units(write_cpuinfo(tmp_path, "avx512f avx512bw"))
+    assert not cpu_has_bf16_units(tmp_path / "no-such-file")  # macOS, Windows: off
+
+
+def test_mixed_precision_is_on_by_default_where_it_pays(monkeypatch):
+    import ftlib.trainer as trainer
+
+    assert mixed_precision_default("cuda")
+    assert not mixed_precision_default("mps")
+    monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: True)
+    assert mixed_precision_default("cpu")
+    monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: False)
+    assert not mixed_precision_default("cpu")
+
+
+def test_autocast_dtype_is_bf16_on_the_cpu_when_asked_and_tf32_stays_cuda_only():
+    assert autocast_dtype_for("cpu") is torch.bfloat16
+    assert autocast_dtype_for(torch.device("cpu"), bf16=False) is None
+    assert autocast_dtype_for("mps") is None
+    assert enable_tf32("cpu") is False
+    assert torch.get_float32_matmul_precision() == "highest"
+
+
+def bundled_loaders(batch_size=16):
+    """`make finetune`'s packed training loader and its validation loader."""
+    tokenizer = get_gpt2_tokenizer()
+    train, _, val = split_data(load_instruction_data(BUNDLED_DATA_PATH))
+    items = [[list(ids), int(n)] for ids, n in InstructionDataset(train, tokenizer).with_prompt_lengths()]
+    val_items = [[list(ids), int(n)] for ids, n in InstructionDataset(val, tokenizer).with_prompt_lengths()]
+    config = RunConfig(batch_size=batch_size, batching="packed", seed=123, allowed_max_length=256)
+    return item_loaders(config, [tuple(i) for i in items], [tuple(i) for i in val_items])
+
+
+def train_steps(autocast_dtype, batches, val_loader):
+    """`STEPS` steps of the base as `make finetune` takes them; (losses, val loss)."""
+    torch.manual_seed(123)
+    model, _ = load_base_model()
+    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.1)
+    scheduler = warmup_cosine_schedule(optimizer, STEPS)
+    losses = []
+    for batch in batches:
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(accumulate_gradients([batch], model, "cpu", autocast_dtype=autocast_dtype))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+    return losses, loss_loader(val_loader, model, "cpu")
+
+
+def test_bf16_training_follows_float32_over_50_steps():
+    """The base fine-tuned 50 steps on the bundled data (the same batches, lr 1e-3,
+    warm-up and cosine, clipping): float32, then bf16 autocast. Measured on this
+    project's machine (AVX-512 BF16): every 10-step mean within 0.1 % of float32's,
+    the validation loss within 0.01 %; the test allows 2 % for other CPUs' kernels."""
+    train_loader, val_loader = bundled_loaders()
+    batches = []
+    while len(batches) < STEPS:
+        batches.extend(train_loader)
+    batches = batches[:STEPS]
+    fp32, fp32_val = train_steps(None, batches, val_loader)
+    bf16, bf16_val = train_steps(torch.bfloat16, batches, val_loader)
+    assert fp32[-1] < 0.5 * fp32[0]  # it learns: the comparison is not of two flat lines
+    for start in range(0, STEPS, 10):
+        ref, got = sum(fp32[start:start + 10]) / 10, sum(bf16[start:start + 10]) / 10
+        assert abs(got - ref) <= CURVE_TOLERANCE * ref, (start, ref, got)
+    assert abs(bf16_val - fp32_val) <= FINAL_TOLERANCE * fp32_val, (fp32_val, bf16_val)
