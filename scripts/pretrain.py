@@ -33,8 +33,8 @@ def main(argv=None):
     parser.add_argument("--n-layers", type=int, default=TINY_BASE_CONFIG["n_layers"])
     parser.add_argument("--n-heads", type=int, default=TINY_BASE_CONFIG["n_heads"])
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: the committed base was trained so; results
-                        are bit-identical only at the same thread count)")
+                        help="torch threads (default 1: the committed base was trained so; results "
+                             "are bit-identical only at the same thread count)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 

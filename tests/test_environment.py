@@ -33,3 +33,18 @@ def test_the_makefile_pins_the_cpu_torch_that_pyproject_admits():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def test_every_script_and_benchmark_compiles_and_make_pretrain_parses_its_options():
+    """Scripts that no other test runs (make pretrain takes minutes) must at least parse:
+    a syntax error in scripts/pretrain.py once went unnoticed."""
+    import py_compile
+    import subprocess
+    import sys
+
+    for path in sorted((ROOT / "scripts").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py")):
+        py_compile.compile(str(path), doraise=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain.py"), "--help"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "--threads" in proc.stdout and "--epochs" in proc.stdout
