@@ -19,6 +19,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ftlib.fileio import atomic_write_text  # noqa: E402
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) + [ROOT / "notebooks" / "exercises.ipynb"]
 
 
@@ -38,7 +42,7 @@ def add_metadata(path):
         cell["metadata"]["slideshow"] = {"slide_type": slide_type(cell)}
     new = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
     if new != text:
-        path.write_text(new, encoding="utf-8")
+        atomic_write_text(path, new)
         return True
     return False
 

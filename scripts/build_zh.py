@@ -28,6 +28,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ftlib.fileio import atomic_write_text  # noqa: E402
+
 NOTEBOOKS = ROOT / "notebooks"
 ZH = NOTEBOOKS / "zh"
 TRANSLATIONS = ZH / "translations"
@@ -58,10 +62,16 @@ def read_translations(path):
     return blocks
 
 
+def _load(name):
+    """(the English notebook, its translation file's path, that file's blocks)."""
+    english = json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))
+    path = TRANSLATIONS / name.replace(".ipynb", ".md")
+    return english, path, read_translations(path)
+
+
 def problems(name):
     """Missing and stale translations of one lesson notebook, as lines."""
-    english = json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))
-    blocks = read_translations(TRANSLATIONS / name.replace(".ipynb", ".md"))
+    english, _, blocks = _load(name)
     found = []
     for cell in english["cells"]:
         if cell["cell_type"] != "markdown":
@@ -76,33 +86,26 @@ def problems(name):
 
 def build(name):
     """notebooks/zh/NAME: the English notebook with its markdown cells translated."""
-    english = json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))
-    blocks = read_translations(TRANSLATIONS / name.replace(".ipynb", ".md"))
+    english, _, blocks = _load(name)
     chinese = copy.deepcopy(english)
     for cell in chinese["cells"]:
         if cell["cell_type"] == "markdown":
             text = blocks[cell["id"]][1]
             cell["source"] = text.splitlines(keepends=True)
     chinese["metadata"]["ftlib"] = {"translated_from": f"../{name}", "language": "zh-Hans"}
-    out = ZH / name
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(chinese, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(ZH / name, json.dumps(chinese, indent=1, ensure_ascii=False) + "\n")
 
 
 def skeleton(name):
     """Append a block with the English text for every markdown cell without a translation."""
-    english = json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))
-    path = TRANSLATIONS / name.replace(".ipynb", ".md")
-    blocks = read_translations(path)
+    english, path, blocks = _load(name)
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
     added = 0
     for cell in english["cells"]:
         if cell["cell_type"] == "markdown" and cell["id"] not in blocks:
             text += f"<!-- cell {cell['id']} en {source_hash(cell_text(cell))} -->\nTODO\n{cell_text(cell)}\n\n"
             added += 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text)
     return added
 
 

@@ -16,6 +16,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ftlib.fileio import atomic_path  # noqa: E402
+
 NOTEBOOKS = ROOT / "notebooks"
 INSTRUCTOR_ONLY = {"exercise_solutions.ipynb", "answer_keys.ipynb"}
 ANSWER_TAGS = {"solution", "answer"}
@@ -48,11 +52,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=ROOT / "student", help="folder (default student/)")
     args = parser.parse_args(argv)
     for source, relative in student_notebooks():
-        target = args.out / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        nbformat.write(student_copy(source), tmp)
-        tmp.replace(target)
+        with atomic_path(args.out / relative) as tmp:
+            nbformat.write(student_copy(source), tmp)
     print(f"wrote {len(student_notebooks())} notebooks to {args.out} (outputs cleared, answers removed; "
           f"not copied: {', '.join(sorted(INSTRUCTOR_ONLY))})")
     return 0
