@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from ftlib.collate import IGNORE_INDEX, instruction_collate_fn
 from ftlib.data import BUNDLED_DATA_PATH, _check_style, format_input, format_response, load_instruction_data
-from ftlib.errors import ConfigError, DataError, FtlibError
+from ftlib.errors import ConfigError, DataError
 from ftlib.tokenizer import END_OF_TEXT_ID
 
 PREFERENCE_DATA_PATH = BUNDLED_DATA_PATH.parent / "preference-data.json"
@@ -276,6 +276,7 @@ def train_dpo(policy, reference, train_loader, val_loader, optimizer, device, nu
     Introduced in: notebooks/09_preference_tuning_dpo.ipynb
     """
     from ftlib.modelfiles import save_checkpoint
+    from ftlib.trainer import TrainingDiverged
 
     history = DPOHistory()
     total = len(train_loader) * num_epochs if max_steps is None else min(max_steps, len(train_loader) * num_epochs)
@@ -294,7 +295,7 @@ def train_dpo(policy, reference, train_loader, val_loader, optimizer, device, nu
                 optimizer.zero_grad(set_to_none=True)
                 out = dpo_batch(policy, reference, batch, device, beta, nll_weight)
                 if not torch.isfinite(out["loss"]):
-                    raise FtlibError(f"DPO loss is {float(out['loss'])} at step {step}; "
+                    raise TrainingDiverged(f"DPO loss is {float(out['loss'])} at step {step}; "
                                      "try a lower learning rate (--lr) or beta")
                 out["loss"].backward()
                 if grad_clip is not None:

@@ -521,6 +521,7 @@ def _train(config, model, train_loader, val_loader, eval_train_loader, device, l
     optimizer = make_optimizer(model, lr=config.lr, weight_decay=config.weight_decay)
     mixed = mixed_precision_default(device) if config.mixed_precision is None else config.mixed_precision
     enable_tf32(device, mixed)
+    autocast_dtype = autocast_dtype_for(device, bf16=mixed)
     total_steps = len(train_loader) * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
@@ -535,14 +536,14 @@ def _train(config, model, train_loader, val_loader, eval_train_loader, device, l
     where = f"{n_proc} processes ({device.type})" if n_proc > 1 else str(device)
     log(f"Fine-tuning {config.model} on {where}: {config.epochs} epochs, batch {config.batch_size}, "
         f"lr {config.lr}, mask prompt {config.mask_prompt}, "
-        f"{'bf16 mixed precision' if autocast_dtype_for(device, bf16=mixed) else 'float32'}")
+        f"{'bf16 mixed precision' if autocast_dtype else 'float32'}")
     return train_model(
         model, train_loader, val_loader, optimizer, device, config.epochs,
         eval_freq=max(1, total_steps // config.eval_points), eval_iter=config.eval_iter,
         scheduler=scheduler, max_steps=config.max_steps, grad_clip=config.grad_clip,
         progress=config.progress, checkpoint_path=checkpoint_path,
         checkpoint_every=max(1, total_steps // config.checkpoints), resume_state=resume_state,
-        log=log, autocast_dtype=autocast_dtype_for(device, bf16=mixed),
+        log=log, autocast_dtype=autocast_dtype,
         eval_train_loader=eval_train_loader, checkpoint_extra={"run": run_settings})
 
 
