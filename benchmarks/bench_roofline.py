@@ -40,14 +40,19 @@ PLANS = {  # batch size as make finetune (tiny) and the chapter (gpt2-small); st
 PRECISIONS = {"float32": None, "bf16 autocast": torch.bfloat16}
 
 
-def time_steps(name, dtype, train_items, plan):
-    """(median seconds per step, model FLOPs per step) of `plan["steps"]` training steps."""
+def _new_run(name, train_items, batch_size, n_batches):
+    """(model with seeded random weights, its fused AdamW, the first `n_batches` packed batches)."""
     cfg = get_config(name)
     torch.manual_seed(123)
     model = GPTModel(cfg)
     optimizer = make_optimizer(model, lr=1e-4, weight_decay=0.1)
-    batches = iter(ftlib_loader(train_items, plan["batch_size"], "cpu", cfg["context_length"]))
-    steps = [next(batches) for _ in range(plan["warmup"] + plan["steps"])]
+    batches = iter(ftlib_loader(train_items, batch_size, "cpu", cfg["context_length"]))
+    return model, optimizer, [next(batches) for _ in range(n_batches)]
+
+
+def time_steps(name, dtype, train_items, plan):
+    """(median seconds per step, model FLOPs per step) of `plan["steps"]` training steps."""
+    model, optimizer, steps = _new_run(name, train_items, plan["batch_size"], plan["warmup"] + plan["steps"])
     return time_training_steps(model, optimizer, steps, autocast_dtype=dtype, warmup=plan["warmup"])
 
 
@@ -91,11 +96,7 @@ def profile_step(name, train_items, dtype=torch.bfloat16, steps=3):
     operators' table, summed over the steps)."""
     from torch.profiler import ProfilerActivity, profile
 
-    cfg = get_config(name)
-    torch.manual_seed(123)
-    model = GPTModel(cfg)
-    optimizer = make_optimizer(model, lr=1e-4, weight_decay=0.1)
-    batch = next(iter(ftlib_loader(train_items, PLANS[name]["batch_size"], "cpu", cfg["context_length"])))
+    model, optimizer, (batch,) = _new_run(name, train_items, PLANS[name]["batch_size"], 1)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -114,9 +115,9 @@ def profile_step(name, train_items, dtype=torch.bfloat16, steps=3):
     return groups, events.table(sort_by="self_cpu_time_total", row_limit=12)
 
 
-def breakdown(name, train_items):
-    """One row per group of operators: seconds and share of one step, float32 and bf16."""
-    profiles = {precision: profile_step(name, train_items, dtype)[0] for precision, dtype in PRECISIONS.items()}
+def breakdown(profiles):
+    """One row per group of operators: seconds and share of one step, per precision.
+    `profiles`: {precision: the groups of `profile_step`}."""
     totals = {precision: sum(groups.values()) for precision, groups in profiles.items()}
     rows = []
     for group in [g for g, _ in GROUPS] + ["everything else", "total"]:
@@ -151,10 +152,11 @@ def main(argv=None):
         name = names[-1]
         print(f"\nWhere a training step of {name} spends its time (torch.profiler, self CPU time per step, "
               "mean of 3 steps)")
+        profiles = {p: profile_step(name, train_items, dtype) for p, dtype in PRECISIONS.items()}
         columns = [("operators", "group", "{}")] + [(p, p, "{}") for p in PRECISIONS]
-        print(format_table(breakdown(name, train_items), columns))
+        print(format_table(breakdown({p: groups for p, (groups, _) in profiles.items()}), columns))
         print(f"\nTop operators, bf16 autocast, {name} (3 steps):")
-        print(profile_step(name, train_items)[1])
+        print(profiles["bf16 autocast"][1])
     return rows
 
 
