@@ -3,8 +3,8 @@ what float32 learns."""
 
 import torch
 
-from ftlib.data import BUNDLED_DATA_PATH, InstructionDataset, load_instruction_data, split_data
-from ftlib.pipeline import RunConfig, item_loaders
+from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data, split_data
+from ftlib.pipeline import RunConfig, make_loaders, resolve_config
 from ftlib.pretrain import load_base_model
 from ftlib.tokenizer import get_gpt2_tokenizer
 from ftlib.trainer import (accumulate_gradients, autocast_dtype_for, cpu_has_bf16_units, enable_tf32,
@@ -48,27 +48,27 @@ def test_autocast_dtype_is_bf16_on_the_cpu_when_asked_and_tf32_stays_cuda_only()
     assert torch.get_float32_matmul_precision() == "highest"
 
 
-def bundled_loaders(batch_size=16):
+# `make finetune`'s settings: the base, batch 16, packed batches, lr 1e-3, clipping at 1.
+CONFIG = resolve_config(RunConfig())
+
+
+def bundled_loaders():
     """`make finetune`'s packed training loader and its validation loader."""
-    tokenizer = get_gpt2_tokenizer()
     train, _, val = split_data(load_instruction_data(BUNDLED_DATA_PATH))
-    items = [[list(ids), int(n)] for ids, n in InstructionDataset(train, tokenizer).with_prompt_lengths()]
-    val_items = [[list(ids), int(n)] for ids, n in InstructionDataset(val, tokenizer).with_prompt_lengths()]
-    config = RunConfig(batch_size=batch_size, batching="packed", seed=123, allowed_max_length=256)
-    return item_loaders(config, [tuple(i) for i in items], [tuple(i) for i in val_items])
+    return make_loaders(CONFIG, train, val, get_gpt2_tokenizer())
 
 
 def train_steps(autocast_dtype, batches, val_loader):
     """`STEPS` steps of the base as `make finetune` takes them; (losses, val loss)."""
     torch.manual_seed(123)
     model, _ = load_base_model()
-    optimizer = make_optimizer(model, lr=1e-3, weight_decay=0.1)
+    optimizer = make_optimizer(model, lr=CONFIG.lr, weight_decay=CONFIG.weight_decay)
     scheduler = warmup_cosine_schedule(optimizer, STEPS)
     losses = []
     for batch in batches:
         optimizer.zero_grad(set_to_none=True)
         losses.append(accumulate_gradients([batch], model, "cpu", autocast_dtype=autocast_dtype))
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CONFIG.grad_clip)
         optimizer.step()
         scheduler.step()
     return losses, loss_loader(val_loader, model, "cpu")
