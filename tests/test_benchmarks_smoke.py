@@ -8,6 +8,7 @@ the GPU check falls back on matches the bundled data.
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ import bench_padding  # noqa: E402
 import bench_roofline  # noqa: E402
 import common  # noqa: E402
 import gpu_check  # noqa: E402
+import probe_finetune  # noqa: E402
 
 from ftlib.model import get_config  # noqa: E402
 
@@ -138,3 +140,30 @@ def test_roofline_profile_groups_the_operators(items):
     assert groups["matrix products"] > 0 and groups["optimizer (AdamW)"] > 0
     assert groups["casts between precisions"] > 0  # bf16 autocast casts weights and activations
     assert "aten::mm" in table
+
+
+def test_probe_data_keeps_the_held_out_wordings_unseen():
+    """probe_finetune's --extra-templates --copy-scale 2: more training wordings and entries
+    for the copying families; no training entry uses a held-out wording, and the lookup
+    families' held-out entries are the committed file's."""
+    from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data
+
+    gen = probe_finetune.gen
+    data, n_train = probe_finetune.variant_data(extra_templates=True, copy_scale=2)
+    train, held = data[:n_train], data[n_train:]
+    assert n_train == 935 + 4 * 94 and len(held) == 165
+    counts = {task: sum(e["task"] == task for e in train) for task in gen.QUOTAS}
+    assert counts["reverse_list"] == counts["repeat_word"] == 188 and counts["unit_conversion"] == 94
+    for task, (_, held_templates) in gen.TEMPLATES.items():
+        # a held-out wording as a pattern: its fields ("{x}", "{n}", ...) match anything
+        patterns = [re.compile(re.sub(r"\\{\w+\\}", ".+", re.escape(text))) for text, _ in held_templates]
+        used = [e["instruction"] for e in train if e["task"] == task]
+        assert not any(p.fullmatch(text) for p in patterns for text in used), task
+        assert any(p.fullmatch(e["instruction"]) for p in patterns for e in held if e["task"] == task)
+    wordings = {e["instruction"].split('"')[0] for e in train if e["task"] == "first_word"}
+    assert len(wordings) == 8
+    committed = load_instruction_data(BUNDLED_DATA_PATH)[935:]
+    lookups = ("capital", "continent", "language", "antonym", "next_number")
+    assert ({json.dumps(e, sort_keys=True) for e in held if e["task"] in lookups}
+            == {json.dumps(e, sort_keys=True) for e in committed if e["task"] in lookups})
+    assert probe_finetune.variant_data() == (load_instruction_data(BUNDLED_DATA_PATH), 935)
