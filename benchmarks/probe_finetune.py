@@ -31,8 +31,9 @@ import json
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
+from unittest import mock
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -68,17 +69,6 @@ EXTRA_TEMPLATES = {
 SCALABLE = ("reverse_list", "first_word", "last_word", "repeat_word")
 
 
-@contextmanager
-def patched(obj, name, value):
-    """Set `obj.name` to `value` for the duration of the block."""
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
-
-
 def variant_data(extra_templates=False, copy_scale=1):
     """(entries, n_train) of the bundled data regenerated with more training wordings
     and/or more training entries for the copying families."""
@@ -91,8 +81,7 @@ def variant_data(extra_templates=False, copy_scale=1):
     quotas = {family: ((n_train * copy_scale if family in SCALABLE else n_train), n_test, n_val)
               for family, (n_train, n_test, n_val) in gen.QUOTAS.items()}
     n_train = sum(q[0] for q in quotas.values())
-    with patched(gen, "TEMPLATES", templates), patched(gen, "QUOTAS", quotas), \
-            patched(gen, "N_TRAIN", n_train):
+    with mock.patch.multiple(gen, TEMPLATES=templates, QUOTAS=quotas, N_TRAIN=n_train):
         return gen.generate(), n_train
 
 
@@ -104,12 +93,11 @@ def restart_rows(std=None, twins=False):
 
     def restart(embedding, seed=123):
         unused = (embedding == 0).all(dim=1)
-        original(embedding, seed)
-        if std is not None:
+        if std is None:
+            original(embedding, seed)
+        else:
             scale = std or embedding[~unused].norm(dim=1).mean().item() / embedding.shape[1] ** 0.5
-            generator = torch.Generator().manual_seed(seed)
-            fresh = torch.randn(embedding.shape, generator=generator) * scale
-            embedding[unused] = fresh[unused]
+            original(embedding, seed, std=scale)
         if twins:
             from ftlib.tokenizer import get_gpt2_tokenizer
 
@@ -173,16 +161,17 @@ def replayed_corpus(blocks, block_size=64, seed=123):
     from ftlib import trainer
     from ftlib.tokenizer import get_gpt2_tokenizer
 
-    ids = torch.tensor(base.corpus_token_ids(get_gpt2_tokenizer()))
-    vocab_ids = torch.unique(ids)
+    from ftlib.model import TINY_BASE_CONFIG
+
+    ids = base.corpus_token_ids(get_gpt2_tokenizer())
+    vocab_ids, target_index = base.restricted_vocab(ids, TINY_BASE_CONFIG["vocab_size"])
+    ids = torch.tensor(ids)
     generator = torch.Generator().manual_seed(seed)
     loss_of = trainer._micro_batch_loss
 
     def micro_batch_loss(model, batch, device, *args):
         loss, value = loss_of(model, batch, device, *args)
         if model.training:
-            target_index = torch.zeros(model.cfg["vocab_size"], dtype=torch.long)
-            target_index[vocab_ids] = torch.arange(len(vocab_ids))
             starts = torch.randint(len(ids) - block_size - 1, (blocks, 1), generator=generator)
             chunk = ids[starts + torch.arange(block_size + 1)].to(device)
             loss = loss + base.restricted_loss(model, chunk[:, :-1], chunk[:, 1:], vocab_ids.to(device),
@@ -244,7 +233,9 @@ def main(argv=None):
     config = pipeline.RunConfig(model=args.model, epochs=args.epochs, lr=args.lr,
                                 batch_size=args.batch_size, seed=args.seed, out=out, progress=False)
     start = time.perf_counter()
-    with contextlib_stack(patches):
+    with ExitStack() as stack:
+        for obj, name, value in patches:
+            stack.enter_context(mock.patch.object(obj, name, value))
         metrics = pipeline.finetune(config, log=None)
     wall = time.perf_counter() - start
     families = metrics["after"]["per_task"]
@@ -260,17 +251,6 @@ def main(argv=None):
     print(json.dumps({"held_out": metrics["held_out_exact_match_after"],
                       "train_time_s": metrics["train_time_s"]}))
     return 0
-
-
-@contextmanager
-def contextlib_stack(patches):
-    """All of `patches` ((obj, name, value) triples) applied for the block."""
-    from contextlib import ExitStack
-
-    with ExitStack() as stack:
-        for obj, name, value in patches:
-            stack.enter_context(patched(obj, name, value))
-        yield
 
 
 if __name__ == "__main__":

@@ -97,6 +97,18 @@ def new_base_model(cfg=TINY_BASE_CONFIG, seed=123):
     return model
 
 
+def restricted_vocab(ids, vocab_size):
+    """(vocab_ids, target_index) for `restricted_loss`: the sorted distinct ids of the
+    token stream `ids`, and a (vocab_size,) map from a full id to its place among them.
+
+    Not in a notebook: `pretrain`'s set-up.
+    """
+    vocab_ids = torch.tensor(sorted(set(ids)))
+    target_index = torch.zeros(vocab_size, dtype=torch.long)
+    target_index[vocab_ids] = torch.arange(len(vocab_ids))
+    return vocab_ids, target_index
+
+
 def restricted_loss(model, inputs, targets, vocab_ids, target_index):
     """Cross-entropy over the corpus's token ids only (see the module docstring).
 
@@ -133,9 +145,7 @@ def pretrain(model, ids, block_size=128, batch_size=8, epochs=40, lr=3e-3,
     Introduced in: notebooks/05_loading_gpt2.ipynb
     """
     generator = torch.Generator().manual_seed(seed)
-    vocab_ids = torch.tensor(sorted(set(ids)))
-    target_index = torch.zeros(model.cfg["vocab_size"], dtype=torch.long)
-    target_index[vocab_ids] = torch.arange(len(vocab_ids))
+    vocab_ids, target_index = restricted_vocab(ids, model.cfg["vocab_size"])
     steps_per_epoch = (len(ids) - block_size) // block_size // batch_size
     total = steps_per_epoch * epochs
     optimizer = _optimizer(model, lr, weight_decay)
@@ -263,9 +273,9 @@ def _read_base_config(path):
     return info
 
 
-def _restart_unused_rows(embedding, seed=123):
+def _restart_unused_rows(embedding, seed=123, std=0.02):
     """Give the embedding rows stored as zeros (tokens the corpus never uses, never
-    trained) GPT-2's initial values again (normal, std 0.02, from `seed`), in place.
+    trained) GPT-2's initial values again (normal, `std` 0.02, from `seed`), in place.
 
     All-zero rows would make those tokens identical to the model, and tasks that copy
     words it never saw in pretraining need them told apart: fine-tuning from zero rows
@@ -273,7 +283,7 @@ def _restart_unused_rows(embedding, seed=123):
     """
     unused = (embedding == 0).all(dim=1)
     generator = torch.Generator().manual_seed(seed)
-    fresh = torch.randn(embedding.shape, generator=generator) * 0.02
+    fresh = torch.randn(embedding.shape, generator=generator) * std
     embedding[unused] = fresh[unused]
 
 
