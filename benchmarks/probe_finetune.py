@@ -7,6 +7,7 @@
     python benchmarks/probe_finetune.py --restart-std 0          # unused rows as large as trained ones
     python benchmarks/probe_finetune.py --twin-rows              # "stone" starts equal to " stone"
     python benchmarks/probe_finetune.py --base-dir /tmp/base4    # a base from scripts/pretrain.py --out
+    python benchmarks/probe_finetune.py --lora-rank 16           # LoRA adapters instead of every weight
     python benchmarks/probe_finetune.py --shifted-positions      # packed examples keep their row positions
     python benchmarks/probe_finetune.py --replay 8               # + the pretraining loss on 8 corpus blocks a step
     python benchmarks/probe_finetune.py --extra-templates        # 8 training wordings per copying family
@@ -117,14 +118,13 @@ def changed_model(args):
 
     def build_model(config, device="cpu", log=print):
         model = build(config, device, log)
-        frozen = {
-            "tok_emb": [model.tok_emb.weight], "out_head": [model.out_head.weight],
-            "pos_emb": [model.pos_emb.weight],
-            "ff": [p for name, p in model.named_parameters() if ".ff." in name],
+        frozen = {  # parameter-name prefixes (under LoRA, out_head is a wrapper)
+            "tok_emb": ("tok_emb.",), "out_head": ("out_head.",), "pos_emb": ("pos_emb.",),
         }
         for part in args.freeze:
-            for p in frozen[part]:
-                p.requires_grad_(False)
+            for name, p in model.named_parameters():
+                if name.startswith(frozen.get(part, ())) or (part == "ff" and ".ff." in name):
+                    p.requires_grad_(False)
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = args.dropout
@@ -196,6 +196,7 @@ def main(argv=None):
     parser.add_argument("--base-dir", type=Path, default=None)
     parser.add_argument("--extra-templates", action="store_true")
     parser.add_argument("--copy-scale", type=int, default=1)
+    parser.add_argument("--lora-rank", type=int, default=None, help="train LoRA adapters instead")
     parser.add_argument("--model", default=pipeline.RunConfig.model)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
@@ -231,7 +232,7 @@ def main(argv=None):
 
     out = args.out or Path(tempfile.mkdtemp(prefix="probe-")) / "run"
     config = pipeline.RunConfig(model=args.model, epochs=args.epochs, lr=args.lr,
-                                batch_size=args.batch_size, seed=args.seed, out=out, progress=False)
+                                lora_rank=args.lora_rank, batch_size=args.batch_size, seed=args.seed, out=out, progress=False)
     start = time.perf_counter()
     with ExitStack() as stack:
         for obj, name, value in patches:

@@ -15,7 +15,7 @@ part: a small GPT-2 (GPT-2's real vocabulary) pretrained for a few minutes on
 - `save_base_model`, `load_base_model`: 16-bit safetensors + config.json.
 
 Speed trick: the loss is a softmax over the token ids that occur in the corpus
-(about a thousand) instead of all 50257. A token that never occurs is never a
+(about 1,500) instead of all 50257. A token that never occurs is never a
 target, so the full softmax would only push its logit down; dropping it makes
 each step many times cheaper for a model this narrow, where the 50257-way output
 layer is most of the work.

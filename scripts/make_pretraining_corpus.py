@@ -16,16 +16,27 @@ What is in it:
 * antonyms: the instruction data's pairs plus 24 pairs that it never uses;
 * numbers: "after 37 comes 38" and counting, for 1 to 99 (the instruction data
   asks about 11 to 52 only);
-* units: what a kilometer, a kilogram, ... is, and the conversions that the
-  instruction data's training split already contains (never a held-out one);
-* lists: reading short lists forwards, backwards, first and last word, and
-  repeating a word, with a word pool disjoint from the instruction data's.
-* quiz text: questions and answers, worded like the instruction data's
-  *training* templates, about the instruction data's countries and words only.
-  The fictional countries and the extra antonyms and numbers appear in prose
-  alone; mixing question-answer text about *other* entities into pretraining makes
-  stored facts easier to extract later (Allen-Zhu & Li, "Physics of Language
-  Models: Part 3.1").
+* units: what a kilometer, a kilogram, ... is, the conversions that the
+  instruction data's training split already contains (never a held-out one), and
+  conversions of numbers the instruction data never converts;
+* lists: short lists read forwards, backwards, by first and last word, and words
+  repeated, from 119 words of their own with at most two of the instruction data's
+  list words mixed into a list (a held-out list has 3 to 5 of them, so no corpus
+  list is one);
+* quiz text: questions and answers about the instruction data's countries and
+  words, worded like its *training* templates, and about the corpus's own lists,
+  words and numbers, in the training wordings and six more per copying family
+  (never a held-out wording). The fictional countries and the extra antonyms and
+  numbers appear in prose alone; mixing question-answer text about *other*
+  entities into pretraining makes stored facts easier to extract later
+  (Allen-Zhu & Li, "Physics of Language Models: Part 3.1").
+
+Lists, conversions and answers are also laid out on lines, as the instruction
+data's inputs and responses are: GPT-2's BPE writes a word or number at the start
+of a line as a different token from the same one after a space ("cat" / " cat";
+"2400" is "24" + "00", " 2400" one token), and copying between the two forms is
+what the instruction tasks ask for. (Each of these three changes, measured:
+README, "The base's corpus".)
 
 data/pretraining-facts.json lists every fact of the corpus as a plain-text
 completion ("The capital of Romania is" -> " Bucharest"), for measuring what a
@@ -106,10 +117,25 @@ EXTRA_ANTONYMS = [
 
 NUMBERS = range(1, 100)                 # successors written for 1..99 (-> 100)
 EXTRA_NUMBERS = range(53, 99)           # past the instruction data's 11..52
+CONVERSION_NUMBERS = [n for n in range(10, 100) if n not in inst.UNIT_NUMBERS]
 
-# Words for the list prose, disjoint from the instruction data's LIST_WORDS.
-PROSE_WORDS = ["cat", "dog", "tree", "house", "car", "book", "door", "cup",
-               "ball", "bird", "fish", "road", "hat", "box", "star", "shoe"]
+# Words for the list prose, disjoint from the instruction data's LIST_WORDS: many
+# of them (each one GPT-2 token with and without a leading space), so a model learns
+# to copy *any* word it is shown, not a handful it has memorised.
+PROSE_WORDS = [
+    "cat", "dog", "tree", "house", "car", "book", "door", "cup", "ball", "bird", "fish",
+    "road", "hat", "box", "star", "bed", "coat", "ship", "boat", "train", "bus", "key",
+    "ring", "bell", "wall", "floor", "hill", "lake", "sea", "sun", "moon", "rain", "wind",
+    "fire", "ice", "rock", "sand", "egg", "cake", "rice", "corn", "bean", "meat", "pie",
+    "shirt", "belt", "bag", "pen", "ink", "map", "card", "coin", "game", "song", "face",
+    "hand", "foot", "arm", "leg", "eye", "ear", "hair", "bone", "skin", "heart", "king",
+    "cow", "frog", "bear", "wolf", "mouse", "rat", "bee", "ant", "fox", "owl", "farm",
+    "town", "city", "park", "shop", "bank", "school", "church", "tower", "castle",
+    "forest", "cloud", "storm", "plant", "flower", "leaf", "grass", "wood", "gold",
+    "silver", "iron", "glass", "clock", "plate", "knife", "fork", "bowl", "chain", "net",
+    "wheel", "engine", "plane", "bike", "gate", "path", "street", "film", "radio",
+    "camera", "picture", "board", "circle", "square",
+]
 
 # ---------------------------------------------------------------------------
 # Prose templates: several wordings per relation, some of them the instruction
@@ -164,6 +190,8 @@ UNIT_SINGULAR = {"kilometers": "kilometer", "kilograms": "kilogram", "liters": "
 MENTIONS = {"capital": 6, "continent": 8, "language": 6, "antonym": 6, "next_number": 8}
 # Copies of each quiz question about an instruction-data fact.
 QUIZ_MENTIONS = 2
+# Rounds of question-and-answer text for the copying families (5 questions each).
+COPY_QUIZ = 120
 
 
 def check_disjoint():
@@ -222,6 +250,67 @@ def quiz_lines(rng, relation, x, y):
     return lines
 
 
+def mixed_list(rng, length):
+    """A list of PROSE_WORDS with up to two of the instruction data's LIST_WORDS mixed in:
+    the base then knows those words too, yet no corpus list is a held-out list (whose
+    3 to 5 words are all LIST_WORDS)."""
+    known = rng.randint(0, 2)
+    words = rng.sample(PROSE_WORDS, length - known) + rng.sample(inst.LIST_WORDS, known)
+    rng.shuffle(words)
+    return words
+
+
+# More wordings of the copying families' questions, for the question-and-answer text
+# only (never a held-out wording of the instruction data: tests/test_pretrain.py checks).
+QUIZ_WORDINGS = {
+    "reverse_list": ["List these words from last to first.", "Say these words backwards.",
+                     "Read this list backwards.", "Give these words in the opposite order.",
+                     "Turn this list around.", "What is this list backwards?"],
+    "first_word": ["Which word is at the start of this list?", "Give the first word of this list.",
+                   "Tell me the word this list begins with.", "Name only the first word below.",
+                   "Copy the first word of this list.", "Which word opens this list?"],
+    "last_word": ["Which word is at the end of this list?", "Give the last word of this list.",
+                  "Tell me the word this list ends with.", "Name only the last word below.",
+                  "Copy the last word of this list.", "Which word closes this list?"],
+    "repeat_word": ['Say "{x}" {times}.', 'Type the word "{x}" {times}.', 'Give me "{x}" {times} over.',
+                    'Print "{x}" {times}.', '"{x}", {times}, please.', 'Copy the word "{x}" {times}.'],
+    "unit_conversion": ["How much is {n} {frm} in {to}?", "Change {n} {frm} into {to}.",
+                        "{n} {frm}: how many {to} is that?", "Turn {n} {frm} into {to}.",
+                        "Express {n} {frm} in {to}.", "Give {n} {frm} in {to}."],
+}
+
+
+def quiz_text(rng, question, input_text, answer):
+    """One question and its answer, on one line or (as lists often are) on several."""
+    if rng.random() < 0.5:
+        q = f"{question} {input_text}" if input_text else question
+        return rng.choice(["Question: {q} Answer: {a}", "Q: {q} A: {a}"]).format(q=q, a=answer)
+    q = f"{question}\n{input_text}" if input_text else question
+    return rng.choice(["Question: {q}\nAnswer:\n{a}", "Q: {q}\nA:\n{a}"]).format(q=q, a=answer)
+
+
+def copy_quiz_lines(rng, n=COPY_QUIZ):
+    """Question-and-answer text for the copying families, in their training wordings and
+    others, about lists, words and numbers that no held-out entry uses."""
+    lines = []
+
+    def wording(task):
+        return rng.choice([t for t, _ in inst.TEMPLATES[task][0]] + QUIZ_WORDINGS[task])
+
+    for _ in range(n):
+        words = mixed_list(rng, rng.randint(3, 5))
+        for task, answer in (("reverse_list", ", ".join(words[::-1])), ("first_word", words[0]),
+                             ("last_word", words[-1])):
+            lines.append(quiz_text(rng, wording(task), ", ".join(words), answer))
+        word, k = rng.choice(PROSE_WORDS), rng.choice(list(inst.REPEATS))
+        lines.append(quiz_text(rng, wording("repeat_word").format(x=word, times=inst.REPEATS[k]),
+                               "", " ".join([word] * k)))
+        number, (frm, to, factor) = rng.choice(CONVERSION_NUMBERS), rng.choice(inst.UNITS)
+        lines.append(quiz_text(rng, wording("unit_conversion").format(n=number, frm=frm, to=to),
+                               "", number * factor))
+    return lines
+
+
 def number_sentences(rng):
     sentences = []
     for n in NUMBERS:
@@ -248,22 +337,74 @@ def unit_sentences(rng, train_entries):
             sentences.append(rng.choice(["{n} {frm} is {a} {to}.", "{n} {frm} equals {a} {to}.",
                                          "{n} {frm} are the same as {a} {to}."]).format(
                 n=n, frm=frm, a=e["output"], to=to))
+    # Conversions of numbers the instruction data never converts (so no held-out
+    # (unit, number) pair): converting is copying the number and adding zeros.
+    for n in CONVERSION_NUMBERS:
+        for frm, to, factor in inst.UNITS:
+            # on lines too: " 2400" is one GPT-2 token, "2400" at a line's start is "24" + "00"
+            sentences.append(rng.choice(["{n} {frm} is {a} {to}.", "{n} {frm} equals {a} {to}.",
+                                         "{n} {frm} are the same as {a} {to}.",
+                                         "{n} {frm} in {to}:\n{a}", "{n} {frm} =\n{a} {to}",
+                                         "In {to}, {n} {frm} is:\n{a}"]).format(
+                n=n, frm=frm, a=n * factor, to=to))
     return sentences
 
 
-def list_sentences(rng, n=150):
+# How lists are read in the list prose: forwards, backwards, first and last word.
+LIST_PROSE = {
+    "reverse": [
+        "The list {t} read backwards is {r}.", "Written in reverse order, {t} becomes {r}.",
+        "Reversed, the list {t} reads {r}.", "In reverse order, the words {t} are {r}.",
+        "Read from the last word to the first, {t} is {r}.",
+        "Rewritten backwards, starting with the last word, {t} becomes {r}.",
+        "She read the words {t} backwards: {r}.", "Put in reverse order, {t} gives {r}.",
+    ],
+    "first": [
+        "The first word of {t} is {f}.", "In the list {t}, the first word is {f}.",
+        "The list {t} starts with {f}.", "The word that comes first in {t} is {f}.",
+        "Of the words {t}, the first one is {f}.", "The list {t} begins with the word {f}.",
+    ],
+    "last": [
+        "The last word of {t} is {l}.", "In the list {t}, the last word is {l}.",
+        "The list {t} ends with {l}.", "The word that comes last in {t} is {l}.",
+        "Of the words {t}, the last one is {l}.", "The list {t} finishes with the word {l}.",
+    ],
+    "both": ["In the list {t}, the first word is {f} and the last word is {l}.",
+             "The list {t} goes from {f} to {l}."],
+}
+# The same, laid out on lines as lists often are: a word at the start of a line is a
+# different GPT-2 token from the same word after a space ("cat" vs " cat"), and the
+# instruction data's inputs and answers start lines, so the base should see both.
+LIST_LINES = {
+    "reverse": ["{t}\nBackwards:\n{r}", "Words: {t}\nIn reverse order:\n{r}",
+                "{t}\nReversed, from the last word to the first:\n{r}"],
+    "first": ["{t}\nThe first word:\n{f}", "List:\n{t}\nFirst word:\n{f}",
+              "{t}\nIt starts with\n{f}"],
+    "last": ["{t}\nThe last word:\n{l}", "List:\n{t}\nLast word:\n{l}",
+             "{t}\nIt ends with\n{l}"],
+    "both": ["{t}\nFirst {f}, last {l}."],
+}
+LIST_COUNTS = {"reverse": 500, "first": 250, "last": 250, "both": 60}
+REPEAT_PROSE = [
+    'The word "{w}" written {times} is {rep}.', 'Written out {times} in a row, "{w}" gives {rep}.',
+    'Repeated {times}, the word "{w}" becomes {rep}.', 'He said "{w}" {times}: {rep}.',
+    '"{w}", {times}:\n{rep}', 'The word "{w}" {times} in a row:\n{rep}',
+]
+
+
+def list_sentences(rng):
+    """Short lists read forwards and backwards, and words repeated, in prose."""
     sentences = []
-    for _ in range(n):
-        words = rng.sample(PROSE_WORDS, rng.randint(3, 5))
-        text, rev = ", ".join(words), ", ".join(words[::-1])
-        sentences.append(rng.choice([
-            "The list {t} read backwards is {r}.", "Written in reverse order, {t} becomes {r}.",
-            "In the list {t}, the first word is {f} and the last word is {l}.",
-            "The first word of {t} is {f}.", "The last word of {t} is {l}.",
-        ]).format(t=text, r=rev, f=words[0], l=words[-1]))
+    for kind, count in LIST_COUNTS.items():
+        for _ in range(count):
+            words = mixed_list(rng, rng.randint(3, 5))
+            layout = LIST_PROSE if rng.random() < 0.5 else LIST_LINES
+            sentences.append(rng.choice(layout[kind]).format(
+                t=", ".join(words), r=", ".join(words[::-1]), f=words[0], l=words[-1]))
     for word in PROSE_WORDS:
         for k, times in inst.REPEATS.items():
-            sentences.append(f'The word "{word}" written {times} is {" ".join([word] * k)}.')
+            sentences.append(cap(rng.choice(REPEAT_PROSE).format(
+                w=word, times=times, rep=" ".join([word] * k))))
     return sentences
 
 
@@ -282,7 +423,16 @@ def corpus_pieces(rng):
             pieces += quiz_lines(rng, relation, x, y)
     train_entries = inst.generate()[:inst.N_TRAIN]
     pieces += number_sentences(rng) + unit_sentences(rng, train_entries) + list_sentences(rng)
+    pieces += copy_quiz_lines(rng)
     return pieces
+
+
+def join_pieces(pieces):
+    """Sentences joined by spaces; a piece laid out on lines gets lines of its own."""
+    text = pieces[0]
+    for before, piece in zip(pieces, pieces[1:]):
+        text += ("\n" if "\n" in before or "\n" in piece else " ") + piece
+    return text
 
 
 def generate_corpus():
@@ -294,7 +444,7 @@ def generate_corpus():
     documents = []
     while pieces:
         k = rng.randint(4, 8)
-        documents.append(" ".join(pieces[:k]))
+        documents.append(join_pieces(pieces[:k]))
         pieces = pieces[k:]
     return f"\n{END_OF_TEXT}\n".join(documents) + "\n"
 

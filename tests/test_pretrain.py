@@ -69,6 +69,30 @@ def test_corpus_is_prose_in_documents(script):
     assert "The capital of Heinania is Sindun." in text or "Sindun is the capital of Heinania." in text
 
 
+def test_corpus_never_states_a_held_out_copying_answer():
+    """The corpus teaches copying on other lists, words and numbers: no list in it has
+    more than two of the instruction data's list words (a held-out list has 3 to 5), no
+    held-out repetition or unit conversion is written in it, and its questions never use
+    a held-out wording."""
+    inst = _load_script("make_instruction_data")
+    text = CORPUS_PATH.read_text(encoding="utf-8")
+    list_words = set(inst.LIST_WORDS)
+    lists = re.findall(r"[a-z]+(?:, [a-z]+)+", text)
+    assert len(lists) > 1000
+    assert max(len(list_words & set(found.split(", "))) for found in lists) == 2
+    script = _load_script("make_pretraining_corpus")
+    for task, wordings in script.QUIZ_WORDINGS.items():
+        held_out_wordings = {instruction for instruction, _ in inst.TEMPLATES[task][1]}
+        assert not held_out_wordings & set(wordings), task
+    held_out = load_instruction_data(BUNDLED_DATA_PATH)[inst.N_TRAIN:]
+    for entry in held_out:
+        if entry["task"] in ("repeat_word", "reverse_list"):
+            assert entry["output"] not in text, entry
+        if entry["task"] == "unit_conversion":
+            number, unit = re.search(r"(\d+) ([a-z]+)", entry["instruction"]).groups()
+            assert not re.search(rf"\b{number} {unit}\b", text), entry
+
+
 def test_base_config_names_the_committed_corpus(base):
     _, info = base
     assert info["corpus_sha256"] == corpus_sha256()
