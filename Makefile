@@ -80,7 +80,7 @@ data: setup
 	$(PY) scripts/make_preference_data.py
 
 # Pretrain the tiny base model (models/gpt2-tiny-base/) on data/pretraining-corpus.txt
-# (a few minutes on 2 CPU cores; deterministic).
+# (about 7 minutes on one CPU thread; deterministic).
 pretrain: setup
 	$(PY) scripts/pretrain.py
 

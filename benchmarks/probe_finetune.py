@@ -232,7 +232,8 @@ def main(argv=None):
 
     out = args.out or Path(tempfile.mkdtemp(prefix="probe-")) / "run"
     config = pipeline.RunConfig(model=args.model, epochs=args.epochs, lr=args.lr,
-                                lora_rank=args.lora_rank, batch_size=args.batch_size, seed=args.seed, out=out, progress=False)
+                                lora_rank=args.lora_rank, batch_size=args.batch_size,
+                                seed=args.seed, out=out, progress=False)
     start = time.perf_counter()
     with ExitStack() as stack:
         for obj, name, value in patches:

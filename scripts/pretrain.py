@@ -1,6 +1,6 @@
 """Pretrain the tiny base model on data/pretraining-corpus.txt; write models/gpt2-tiny-base/.
 
-    python scripts/pretrain.py                      # the committed base (a few minutes on 2 cores)
+    python scripts/pretrain.py                      # the committed base (about 7 minutes, one thread)
     python scripts/pretrain.py --out /tmp/base --epochs 8 --n-layers 4   # try other settings
 
 It prints the fact-completion score (plain-text prompts, greedy) per relation
