@@ -118,12 +118,15 @@ def changed_model(args):
 
     def build_model(config, device="cpu", log=print):
         model = build(config, device, log)
-        frozen = {  # parameter-name prefixes (under LoRA, out_head is a wrapper)
-            "tok_emb": ("tok_emb.",), "out_head": ("out_head.",), "pos_emb": ("pos_emb.",),
+        in_part = {  # by parameter name: under LoRA, out_head is a wrapper with inner weights
+            "tok_emb": lambda name: name.startswith("tok_emb."),
+            "out_head": lambda name: name.startswith("out_head."),
+            "pos_emb": lambda name: name.startswith("pos_emb."),
+            "ff": lambda name: ".ff." in name,
         }
         for part in args.freeze:
             for name, p in model.named_parameters():
-                if name.startswith(frozen.get(part, ())) or (part == "ff" and ".ff." in name):
+                if in_part[part](name):
                     p.requires_grad_(False)
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):

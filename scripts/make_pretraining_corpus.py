@@ -322,6 +322,13 @@ def number_sentences(rng):
     return sentences
 
 
+# A conversion in a sentence, and laid out on lines: " 2400" is one GPT-2 token, "2400"
+# at a line's start is "24" + "00", as in an instruction entry's answer.
+CONVERSION_PROSE = ["{n} {frm} is {a} {to}.", "{n} {frm} equals {a} {to}.",
+                    "{n} {frm} are the same as {a} {to}."]
+CONVERSION_LINES = ["{n} {frm} in {to}:\n{a}", "{n} {frm} =\n{a} {to}", "In {to}, {n} {frm} is:\n{a}"]
+
+
 def unit_sentences(rng, train_entries):
     sentences = []
     for frm, to, factor in inst.UNITS:
@@ -334,18 +341,12 @@ def unit_sentences(rng, train_entries):
             n = next(w for w in e["instruction"].split() if w.isdigit())
             frm = next(u for u, _, _ in inst.UNITS if f"{n} {u}" in e["instruction"])
             to = next(t for u, t, _ in inst.UNITS if u == frm)
-            sentences.append(rng.choice(["{n} {frm} is {a} {to}.", "{n} {frm} equals {a} {to}.",
-                                         "{n} {frm} are the same as {a} {to}."]).format(
-                n=n, frm=frm, a=e["output"], to=to))
+            sentences.append(rng.choice(CONVERSION_PROSE).format(n=n, frm=frm, a=e["output"], to=to))
     # Conversions of numbers the instruction data never converts (so no held-out
     # (unit, number) pair): converting is copying the number and adding zeros.
     for n in CONVERSION_NUMBERS:
         for frm, to, factor in inst.UNITS:
-            # on lines too: " 2400" is one GPT-2 token, "2400" at a line's start is "24" + "00"
-            sentences.append(rng.choice(["{n} {frm} is {a} {to}.", "{n} {frm} equals {a} {to}.",
-                                         "{n} {frm} are the same as {a} {to}.",
-                                         "{n} {frm} in {to}:\n{a}", "{n} {frm} =\n{a} {to}",
-                                         "In {to}, {n} {frm} is:\n{a}"]).format(
+            sentences.append(rng.choice(CONVERSION_PROSE + CONVERSION_LINES).format(
                 n=n, frm=frm, a=n * factor, to=to))
     return sentences
 

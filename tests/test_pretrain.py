@@ -69,7 +69,7 @@ def test_corpus_is_prose_in_documents(script):
     assert "The capital of Heinania is Sindun." in text or "Sindun is the capital of Heinania." in text
 
 
-def test_corpus_never_states_a_held_out_copying_answer():
+def test_corpus_never_states_a_held_out_copying_answer(script):
     """The corpus teaches copying on other lists, words and numbers: no list in it has
     more than two of the instruction data's list words (a held-out list has 3 to 5), no
     held-out repetition or unit conversion is written in it, and its questions never use
@@ -80,7 +80,6 @@ def test_corpus_never_states_a_held_out_copying_answer():
     lists = re.findall(r"[a-z]+(?:, [a-z]+)+", text)
     assert len(lists) > 1000
     assert max(len(list_words & set(found.split(", "))) for found in lists) == 2
-    script = _load_script("make_pretraining_corpus")
     for task, wordings in script.QUIZ_WORDINGS.items():
         held_out_wordings = {instruction for instruction, _ in inst.TEMPLATES[task][1]}
         assert not held_out_wordings & set(wordings), task
