@@ -8,6 +8,7 @@
     python benchmarks/probe_finetune.py --twin-rows              # "stone" starts equal to " stone"
     python benchmarks/probe_finetune.py --base-dir /tmp/base4    # a base from scripts/pretrain.py --out
     python benchmarks/probe_finetune.py --lora-rank 16           # LoRA adapters instead of every weight
+    python benchmarks/probe_finetune.py --neftune 5              # noisy embeddings in training (NEFTune)
     python benchmarks/probe_finetune.py --shifted-positions      # packed examples keep their row positions
     python benchmarks/probe_finetune.py --replay 8               # + the pretraining loss on 8 corpus blocks a step
     python benchmarks/probe_finetune.py --extra-templates        # 8 training wordings per copying family
@@ -128,6 +129,8 @@ def changed_model(args):
             for name, p in model.named_parameters():
                 if in_part[part](name):
                     p.requires_grad_(False)
+        if args.neftune:
+            model.tok_emb.register_forward_hook(noisy_embedding(args.neftune, args.seed))
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = args.dropout
@@ -136,6 +139,23 @@ def changed_model(args):
         return model
 
     return build_model
+
+
+def noisy_embedding(alpha, seed):
+    """A forward hook for the token embedding: in training, uniform noise in
+    [-1, 1] * alpha / sqrt(L * d) added to each row's embeddings (L tokens, width d), as
+    NEFTune does (Jain et al., 2023, "NEFTune: Noisy Embeddings Improve Instruction
+    Finetuning"); no noise when the model answers."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def hook(module, inputs, output):
+        if not module.training:
+            return output
+        length, width = output.shape[-2:]
+        noise = torch.rand(output.shape, generator=generator) * 2 - 1
+        return output + noise.to(output.device, output.dtype) * (alpha / (length * width) ** 0.5)
+
+    return hook
 
 
 def shifted_positions():
@@ -195,6 +215,7 @@ def main(argv=None):
     parser.add_argument("--restart-std", type=float, default=None)
     parser.add_argument("--twin-rows", action="store_true")
     parser.add_argument("--shifted-positions", action="store_true")
+    parser.add_argument("--neftune", type=float, default=0.0, help="NEFTune's alpha (noise on embeddings)")
     parser.add_argument("--replay", type=int, default=0, help="corpus blocks (64 tokens) per step")
     parser.add_argument("--base-dir", type=Path, default=None)
     parser.add_argument("--extra-templates", action="store_true")

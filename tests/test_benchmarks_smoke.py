@@ -167,3 +167,17 @@ def test_probe_data_keeps_the_held_out_wordings_unseen():
     assert ({json.dumps(e, sort_keys=True) for e in held if e["task"] in lookups}
             == {json.dumps(e, sort_keys=True) for e in committed if e["task"] in lookups})
     assert probe_finetune.variant_data() == (load_instruction_data(BUNDLED_DATA_PATH), 935)
+
+
+def test_probe_neftune_noise_is_bounded_and_only_in_training():
+    """probe_finetune --neftune: uniform noise of at most alpha / sqrt(L * d) on each
+    embedding in training (NEFTune's scale), none when the model answers."""
+    embedding = torch.nn.Embedding(10, 8)
+    embedding.register_forward_hook(probe_finetune.noisy_embedding(5.0, seed=0))
+    ids = torch.arange(10).view(2, 5)  # 2 rows of L = 5 tokens, width d = 8
+    clean = embedding.weight[ids].detach()
+    bound = 5.0 / (5 * 8) ** 0.5
+    noise = embedding.train()(ids).detach() - clean
+    assert noise.abs().max() <= bound * (1 + 1e-6)
+    assert noise.abs().mean() > bound / 4  # uniform on [-b, b]: the mean size is b / 2
+    assert torch.equal(embedding.eval()(ids), clean)
