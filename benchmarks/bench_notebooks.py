@@ -1,4 +1,4 @@
-"""How long does each notebook take under nbval (as `make test` runs it)?
+"""How long does each notebook take under nbval, alone on every core (as a learner runs it)?
 
     python benchmarks/bench_notebooks.py                   # every notebook, once each
     python benchmarks/bench_notebooks.py --reps 3          # median of 3 runs each
@@ -8,8 +8,10 @@
 Each notebook runs in its own `python -m pytest --nbval` process, with the
 options of `make test` (current environment, the project's sanitizers); the wall
 time covers the whole process: interpreter start, kernel start, every cell and
-the comparison. `--nbclient` executes the notebook in a fresh kernel instead,
-without comparing outputs (the kernel's start is timed too).
+the comparison. (`make test` runs one file per core at a time, each on one thread,
+so there a notebook takes longer and the whole suite less time.) `--nbclient`
+executes the notebook in a fresh kernel instead, without comparing outputs (the
+kernel's start is timed too).
 """
 
 import argparse
