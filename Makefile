@@ -33,8 +33,9 @@ NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cf
 # make test runs its files in parallel (pytest-xdist), one process per core, each file whole
 # in one process (--dist loadfile: a notebook's cells share one kernel), each process on one
 # thread: on 2 cores, 7 minutes instead of 9 (the same CPU time, both cores busy). The
-# notebooks go first, so the longest files start early. TEST_WORKERS=0: one process, every thread.
-TEST_WORKERS ?= auto
+# notebooks go first, so the longest files start early. At most 4 processes: a notebook's
+# kernel can hold 1.5 GB. TEST_WORKERS=0: one process, every thread.
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, os.cpu_count() or 1))")
 ONE_THREAD  := $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1)
 
 test: setup
