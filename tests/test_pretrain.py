@@ -221,7 +221,7 @@ def _subject(entry, templates):
     raise AssertionError(f"no held-out template fits {entry['instruction']!r}")
 
 
-def test_pretraining_only_set_asks_about_facts_the_instruction_data_lacks():
+def test_pretraining_only_set_asks_about_facts_the_instruction_data_lacks(script):
     inst = script.inst  # the instruction-data script the corpus script itself imports
     test_set = json.loads(TEST_SET_PATH.read_text(encoding="utf-8"))
     instruction_data = load_instruction_data(BUNDLED_DATA_PATH)
