@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from ftlib.errors import FtlibError
-from ftlib.pipeline import RunConfig, finetune
+
+# torch (through ftlib.pipeline) is imported only to run a command: `--help` is instant.
 
 
 def add_finetune_options(ft):
@@ -89,8 +90,10 @@ def build_parser():
     return parser
 
 
-def config_from_args(args, config_class=RunConfig):
+def config_from_args(args, config_class=None):
     """The `RunConfig` (or `DPOConfig`) of parsed arguments: what was given, the rest default."""
+    if config_class is None:
+        from ftlib.pipeline import RunConfig as config_class
     fields = {f.name for f in dataclasses.fields(config_class)}
     return config_class(**{key: value for key, value in vars(args).items()
                            if key in fields and value is not None})
@@ -121,6 +124,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         if args.command == "finetune":
+            from ftlib.pipeline import finetune
+
             finetune(config_from_args(args))
         elif args.command == "dpo":
             from ftlib.dpo import DPOConfig, preference_tune

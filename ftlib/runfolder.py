@@ -18,11 +18,16 @@ Not in a notebook: plumbing under `finetune`; notebooks see only finished run fo
 
 import contextlib
 import errno
-import fcntl
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
+
+try:
+    import fcntl  # Linux, macOS
+except ImportError:  # Windows: the `filelock` package (a dependency of torch) locks instead
+    fcntl = None
 
 from ftlib.errors import ConfigError, FtlibError
 
@@ -44,9 +49,9 @@ class RunFolder:
     Not in a notebook: made by `prepare_run_folder`.
     """
 
-    def __init__(self, out, lock_path, lock_fd, work, created=()):
+    def __init__(self, out, unlock, work, created=()):
         self.out, self.work, self.created = out, work, created
-        self._lock_path, self._lock_fd = lock_path, lock_fd
+        self._unlock = unlock
         self.committed = False
 
     def commit(self):
@@ -62,18 +67,24 @@ class RunFolder:
         """Discard `work` unless committed; release the lock (its file is removed)."""
         if not self.committed:
             shutil.rmtree(self.work, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.unlink(self._lock_path)  # while still held: nobody else holds this file
-        os.close(self._lock_fd)
+        self._unlock()
         if not self.committed:
             for parent in self.created:  # the folders this run made for `out`, deepest first
                 with contextlib.suppress(OSError):
                     parent.rmdir()
 
 
+def _busy(out, holder="?"):
+    return ConfigError(f"--out {out}: another run (process {holder}) is writing to "
+                       "this folder; wait for it or choose another --out")
+
+
 def _lock(out):
-    """(lock path, fd) of an exclusive lock on `out`; ConfigError if another run holds it."""
+    """An exclusive lock on `out` (a file `.NAME.lock` beside it); returns the function
+    that releases it and removes the file. ConfigError if another run holds it."""
     path = out.with_name(f".{out.name}.lock")
+    if fcntl is None:
+        return _lock_with_filelock(out, path)
     for _ in range(3):  # the holder may remove the file between our open and our lock
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
         try:
@@ -81,15 +92,41 @@ def _lock(out):
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise ConfigError(f"--out {out}: another run (process {holder}) is writing to "
-                              "this folder; wait for it or choose another --out") from None
+            raise _busy(out, holder) from None
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:
                 os.ftruncate(fd, 0)
                 os.write(fd, str(os.getpid()).encode())
-                return path, fd
+                return lambda: _unlock(path, fd)
         os.close(fd)
     raise ConfigError(f"--out {out}: could not lock {path}")
+
+
+def _unlock(path, fd):
+    with contextlib.suppress(OSError):
+        os.unlink(path)  # while still held: nobody else holds this file
+    os.close(fd)
+
+
+def _lock_with_filelock(out, path):
+    """Where there is no fcntl (Windows): filelock's lock (msvcrt's on Windows, a lock
+    file made exclusively elsewhere), released and removed by the returned function."""
+    with warnings.catch_warnings():  # "only soft file lock is available": that is the point
+        warnings.simplefilter("ignore")
+        import filelock
+
+        lock = filelock.FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise _busy(out) from None
+
+    def unlock():
+        lock.release()
+        with contextlib.suppress(OSError):  # Windows and soft locks remove it themselves
+            os.unlink(path)
+
+    return unlock
 
 
 def _remove_leftovers(out):
@@ -123,7 +160,7 @@ def prepare_run_folder(out):
     created = [*created, out.parent] if not out.parent.exists() else []
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        lock_path, fd = _lock(out)
+        unlock = _lock(out)
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
     try:
@@ -131,9 +168,9 @@ def prepare_run_folder(out):
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.run-", suffix=".tmp", dir=out.parent))
         os.chmod(work, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
     except OSError as exc:
-        os.close(fd)
+        unlock()
         raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
-    return RunFolder(out, lock_path, fd, work, created[::-1])
+    return RunFolder(out, unlock, work, created[::-1])
 
 
 @contextlib.contextmanager

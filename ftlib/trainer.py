@@ -21,6 +21,7 @@ plain model; `train_model` wraps it, and only rank 0 prints, evaluates and saves
 import contextlib
 import itertools
 import math
+import os
 import signal
 import threading
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ftlib.collate import IGNORE_INDEX
 from ftlib.distributed import all_reduce_sum, is_distributed, is_main_process, world_size, wrap_model
-from ftlib.errors import FtlibError
+from ftlib.errors import ConfigError, FtlibError
 from ftlib.modelfiles import save_checkpoint
 
 
@@ -150,9 +151,16 @@ def cpu_has_bf16_units(cpuinfo="/proc/cpuinfo"):
 def mixed_precision_default(device):
     """Whether mixed precision pays on `device`: on a CUDA GPU, and on a CPU with
     bfloat16 units (`cpu_has_bf16_units`); off elsewhere (MPS, older CPUs).
+    The environment variable FTLIB_MIXED_PRECISION=1 or 0 overrides the choice
+    (the tests run the notebooks both ways).
 
     Introduced in: notebooks/08_faster_training.ipynb
     """
+    forced = os.environ.get("FTLIB_MIXED_PRECISION", "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ConfigError(f"FTLIB_MIXED_PRECISION={forced!r}: use 1 (bf16 autocast) or 0 (float32)")
+        return forced == "1"
     device = torch.device(device)
     if device.type == "cuda":
         return True

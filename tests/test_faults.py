@@ -199,6 +199,34 @@ def test_full_disk_fails_in_one_line_and_replaces_nothing(small_data, old_run):
 
 # --- one run at a time; kill -9 leaves nothing behind for long -----------------------
 
+# Windows has no fcntl: there the run folder is locked with the filelock package.
+WITHOUT_FCNTL = """
+import sys
+sys.modules["fcntl"] = None  # as on Windows: `import fcntl` fails
+from ftlib.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_without_fcntl_locks_and_finishes(small_data, tmp_path):
+    from ftlib import runfolder
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_FCNTL, *_args(small_data, out)], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert RUN_FILES <= {p.name for p in out.iterdir()}
+    assert not _leftovers(tmp_path)  # the lock file is gone too
+    # While one holds the lock, a second is refused in one line.
+    unlock = runfolder._lock_with_filelock(out, tmp_path / ".run.lock")
+    try:
+        with pytest.raises(ConfigError, match="another run"):
+            runfolder._lock_with_filelock(out, tmp_path / ".run.lock")
+    finally:
+        unlock()
+    assert not _leftovers(tmp_path)
+
+
 def test_second_run_on_the_same_folder_is_refused(small_data, old_run):
     out, before = old_run
     first = _start(_args(small_data, out, "--max-steps", "400"))

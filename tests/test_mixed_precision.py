@@ -36,12 +36,27 @@ def test_bf16_units_are_read_from_the_cpu_flags(tmp_path):
 def test_mixed_precision_is_on_by_default_where_it_pays(monkeypatch):
     import ftlib.trainer as trainer
 
+    monkeypatch.delenv("FTLIB_MIXED_PRECISION", raising=False)
     assert mixed_precision_default("cuda")
     assert not mixed_precision_default("mps")
     monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: True)
     assert mixed_precision_default("cpu")
     monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: False)
     assert not mixed_precision_default("cpu")
+
+
+def test_the_environment_can_force_the_choice(monkeypatch):
+    import pytest
+
+    from ftlib.errors import ConfigError
+
+    monkeypatch.setenv("FTLIB_MIXED_PRECISION", "0")
+    assert not mixed_precision_default("cuda")
+    monkeypatch.setenv("FTLIB_MIXED_PRECISION", "1")
+    assert mixed_precision_default("mps")
+    monkeypatch.setenv("FTLIB_MIXED_PRECISION", "yes")
+    with pytest.raises(ConfigError, match="FTLIB_MIXED_PRECISION='yes'"):
+        mixed_precision_default("cpu")
 
 
 def test_autocast_dtype_is_bf16_on_the_cpu_when_asked_and_tf32_stays_cuda_only():
