@@ -148,11 +148,19 @@ def cpu_has_bf16_units(cpuinfo="/proc/cpuinfo"):
     return False
 
 
+def _onednn_may_use_bf16_units():
+    """False when ONEDNN_MAX_CPU_ISA holds oneDNN below AVX-512 (`make` sets it to run
+    another CPU's kernels, e.g. ATEN_CPU_CAPABILITY=avx2): then bf16 is emulated here,
+    as on that CPU."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return not isa or "AVX512" in isa or "AMX" in isa or isa in ("ALL", "DEFAULT")
+
+
 def mixed_precision_default(device):
     """Whether mixed precision pays on `device`: on a CUDA GPU, and on a CPU with
-    bfloat16 units (`cpu_has_bf16_units`); off elsewhere (MPS, older CPUs).
-    The environment variable FTLIB_MIXED_PRECISION=1 or 0 overrides the choice
-    (the tests run the notebooks both ways).
+    bfloat16 units (`cpu_has_bf16_units`, unless oneDNN is held below them); off
+    elsewhere (MPS, older CPUs). The environment variable FTLIB_MIXED_PRECISION=1 or 0
+    overrides the choice (the tests run the notebooks both ways).
 
     Introduced in: notebooks/08_faster_training.ipynb
     """
@@ -164,7 +172,7 @@ def mixed_precision_default(device):
     device = torch.device(device)
     if device.type == "cuda":
         return True
-    return device.type == "cpu" and cpu_has_bf16_units()
+    return device.type == "cpu" and cpu_has_bf16_units() and _onednn_may_use_bf16_units()
 
 
 def autocast_dtype_for(device, bf16=True):

@@ -14,7 +14,7 @@ from ftlib.trainer import (accumulate_gradients, autocast_dtype_for, cpu_has_bf1
 # there bf16 is emulated (133 s for the 50 steps on a 2-core AVX2 CPU, 32 s for 10 on one
 # thread) and not the default path, so a shorter check of the same code is enough (in 10
 # steps the loss still falls from 11.8 to 4.3).
-STEPS = 50 if cpu_has_bf16_units() else 10
+STEPS = 50 if mixed_precision_default("cpu") else 10
 # Stated tolerances of the equivalence test (measured: see the test's docstring).
 CURVE_TOLERANCE = 0.02   # each 10-step mean of the training loss, relative to float32's
 FINAL_TOLERANCE = 0.02   # validation loss after STEPS steps, relative to float32's
@@ -37,11 +37,15 @@ def test_mixed_precision_is_on_by_default_where_it_pays(monkeypatch):
     import ftlib.trainer as trainer
 
     monkeypatch.delenv("FTLIB_MIXED_PRECISION", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert mixed_precision_default("cuda")
     assert not mixed_precision_default("mps")
     monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: True)
     assert mixed_precision_default("cpu")
     monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: False)
+    assert not mixed_precision_default("cpu")
+    monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # another CPU's kernels (make's emulation)
     assert not mixed_precision_default("cpu")
 
 
