@@ -10,6 +10,7 @@ Not in a notebook: the command line itself; notebooks call ftlib.pipeline direct
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -77,6 +78,10 @@ def add_dpo_options(dpo):
     dpo.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
     dpo.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                      help="no progress bars")
+    dpo.add_argument("--strict-pairs", dest="skip_unusable_pairs", action="store_false", default=None,
+                     help="refuse a preference file with an unusable pair (chosen and rejected "
+                          "identical, one empty, longer than the model's context) instead of "
+                          "skipping such pairs")
 
 
 def build_parser():
@@ -140,7 +145,8 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:
         if _torchrun_rank() == 0:
-            print("\nStopped.", file=sys.stderr)
+            with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+                print("\nStopped.", file=sys.stderr)
         return 130
     return 0
 

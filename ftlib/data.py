@@ -47,7 +47,8 @@ def load_instruction_data(path):
 
     Returns a list of dicts, each with string `instruction`, `input` and
     `output` (an absent `input` becomes ""), plus any extra keys. The file may
-    start with a UTF-8 byte-order mark. Anything else raises `DataError`:
+    start with a UTF-8 byte-order mark. Anything else raises `DataError`, also
+    text that later code could not write (a lone surrogate such as "\\udfff"):
 
     >>> load_instruction_data("data/x.json")
     DataError: data/x.json: entry 12: field 'output' must be a string, got int
@@ -85,6 +86,13 @@ def load_instruction_data(path):
         for field in ("instruction", "output"):
             if not item[field].strip():
                 raise DataError(f"{path}: entry {i}: field {field!r} is empty or only whitespace")
+        for field, value in item.items():
+            bad = _not_utf8(field) or _not_utf8(value)
+            if bad:
+                raise DataError(
+                    f"{path}: entry {i}: field {field!r} holds {ascii(bad)}, half of a UTF-16 "
+                    "surrogate pair on its own: not text, it cannot be written as UTF-8; remove it"
+                )
         extras = {k: v for k, v in item.items() if k not in ("instruction", "input", "output")}
         entries.append({
             "instruction": item["instruction"],
@@ -93,6 +101,27 @@ def load_instruction_data(path):
             **extras,
         })
     return entries
+
+
+def _not_utf8(value):
+    """A character of `value` (a string, or one inside its lists and dicts, keys
+    included) that UTF-8 cannot encode, or None. JSON can spell such a character, a
+    lone surrogate like "\\udfff"; it is not text, and writing it (the run's
+    responses, a report) would fail at the end of a run."""
+    stack = [value]
+    while stack:  # a loop, not recursion: JSON nested hundreds deep is allowed
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return exc.object[exc.start]
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return None
 
 
 def _read_json(path):

@@ -9,7 +9,10 @@ goes through `download_file`, so the rules are the same everywhere:
 - re-running after an interruption resumes from the `.part` with an HTTP Range request,
   only if the server's file is the version the `.part` came from (If-Range);
 - a body is complete only if its length was announced (or its sha256 is given and
-  matches), and the whole download has a deadline, not only each read;
+  matches); a body longer than its Content-Length, several Content-Lengths, or a
+  compressed body (Content-Encoding) is refused, since the file could not be trusted;
+- the whole exchange has a deadline (connecting, the status line and headers, the
+  body), not only each read: a server that trickles a byte a second cannot hold it;
 - every failure is a `DownloadError` that names the URL.
 
 Not in a notebook: notebooks download through `download_and_load_file` (01) and
@@ -18,7 +21,9 @@ Not in a notebook: notebooks download through `download_and_load_file` (01) and
 
 import hashlib
 import http.client
+import io
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -34,10 +39,31 @@ def _part_path(dest):
     return dest.with_name(dest.name + ".part")
 
 
-def _content_length(response):
-    """The response's Content-Length as an int, or None if it is absent."""
-    value = response.headers.get("Content-Length")
-    return int(value) if value is not None and value.strip().isdigit() else None
+def _content_length(response, url):
+    """The body's length from the response's one Content-Length, or None if it has none.
+
+    Raises DownloadError when the headers leave the body's bytes in doubt: several
+    Content-Lengths (agreeing or not), one that is not a number, one next to a
+    Transfer-Encoding, or a Content-Encoding (the bytes would be saved compressed;
+    every request asks for identity).
+    """
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise DownloadError(f"Download refused: {url}: the server sent the file with Content-"
+                            f"Encoding {encoding!r}, not as its own bytes; nothing was saved")
+    values = response.headers.get_all("Content-Length") or []
+    if not values:
+        return None
+    value = values[0].strip()
+    if len(values) > 1 or not re.fullmatch(r"[0-9]{1,20}", value):
+        shown = ", ".join(repr(v[:40]) for v in values[:3])
+        raise DownloadError(f"Download refused: {url}: the server sent a Content-Length of "
+                            f"{shown}, not one number; nothing was saved")
+    if response.headers.get("Transfer-Encoding"):
+        raise DownloadError(f"Download refused: {url}: the server sent both a Content-Length "
+                            "and a Transfer-Encoding, so the body's end is in doubt; "
+                            "nothing was saved")
+    return int(value)
 
 
 def _describe(url, exc):
@@ -56,23 +82,33 @@ def _describe(url, exc):
 _REQUEST_ERRORS = (urllib.error.URLError, OSError, http.client.HTTPException)
 
 
-def remote_size(url, *, timeout=30.0):
+# Every request asks for the file's own bytes: a gzip-encoded body would be saved
+# compressed under the file's name (and is refused, should a server send one anyway).
+_IDENTITY = {"Accept-Encoding": "identity"}
+
+
+def remote_size(url, *, timeout=30.0, deadline=None):
     """Ask the server how many bytes `url` has, without fetching the body.
 
     Uses a HEAD request; if the server refuses HEAD or omits Content-Length, opens a
     GET and reads only its headers. Returns None when the size is not advertised.
+    `timeout` bounds each read, `deadline` (seconds, None: no limit) all of it.
     """
+    return _remote_size(url, Deadline(deadline, per_read=timeout))
+
+
+def _remote_size(url, clock):
     try:
-        head = urllib.request.Request(url, method="HEAD")
-        with urllib.request.urlopen(head, timeout=timeout) as r:
-            size = _content_length(r)
+        head = urllib.request.Request(url, headers=_IDENTITY, method="HEAD")
+        with clock.open(head) as r:
+            size = _content_length(r, url)
         if size is not None:
             return size
     except urllib.error.HTTPError as exc:
         if exc.code not in (405, 501):  # 405/501: this server does not do HEAD
             raise
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return _content_length(r)  # closing now, before reading, skips the body
+    with clock.open(urllib.request.Request(url, headers=_IDENTITY)) as r:
+        return _content_length(r, url)  # closing now, before reading, skips the body
 
 
 # A total limit on one download, whatever the per-read `timeout`: a server that
@@ -81,22 +117,131 @@ def remote_size(url, *, timeout=30.0):
 DOWNLOAD_DEADLINE_S = 3 * 3600
 
 
-class _Deadline:
-    """The time left for one download; `check()` raises DownloadError once it is spent."""
+class Deadline:
+    """A time limit on a whole HTTP exchange, and `open`: urlopen, kept within it.
 
-    def __init__(self, url, seconds):
-        self.url, self.seconds = url, seconds
+    urlopen's own `timeout` bounds each socket operation, so a server that trickles
+    a byte a second (of its headers as well as of its body) never trips it. Through
+    `open`, connecting, each send and each read wait at most `per_read` seconds and
+    at most what is left of `seconds` (None: no limit); once the time is spent, the
+    next of them raises TimeoutError, and `spent()` says that was the deadline.
+
+    Not in a notebook: the clock under `download_file` and the judge's `query_model`.
+    """
+
+    def __init__(self, seconds, per_read=None):
+        self.seconds, self.per_read = seconds, per_read
         self.end = None if seconds is None else time.monotonic() + seconds
 
-    def timeout(self, per_read):
-        """The socket timeout to use now: the per-read one, or less when time is short."""
-        return per_read if self.end is None else max(0.01, min(per_read, self.end - time.monotonic()))
+    def spent(self):
+        """True once the whole time is used up."""
+        return self.end is not None and time.monotonic() >= self.end
 
-    def check(self, part=None):
-        if self.end is not None and time.monotonic() > self.end:
-            kept = f"; the bytes so far are kept in {part}, run it again to resume" if part else ""
-            raise DownloadError(f"Download too slow: {self.url} did not finish within "
-                                f"{self.seconds:g} s{kept}")
+    def timeout(self):
+        """The socket timeout for the next connect, send or read: `per_read`, or the
+        time left when that is less. TimeoutError if none is left."""
+        if self.end is None:
+            return self.per_read
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the deadline of {self.seconds:g} s has passed")
+        return left if self.per_read is None else min(self.per_read, left)
+
+    def open(self, request):
+        """`urllib.request.urlopen(request)`, every socket operation within this deadline
+        (redirects and proxies work as with urlopen; the response's reads stay timed)."""
+        opener = urllib.request.build_opener(_TimedHTTPHandler(self), _TimedHTTPSHandler(self))
+        return opener.open(request)
+
+
+class _TimedReads(io.RawIOBase):
+    """A socket's reads, each with the socket timeout `clock` gives at that moment."""
+
+    def __init__(self, sock, clock):
+        self.sock, self.clock = sock, clock
+        # one of the socket's own files: closing the connection waits until this closes
+        self.raw = sock.makefile("rb", buffering=0)
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        self.sock.settimeout(self.clock.timeout())
+        return self.raw.readinto(buffer)
+
+    def close(self):
+        self.raw.close()
+        super().close()
+
+
+class _TimedSocket:
+    """A connected socket as http.client uses it: `makefile` (where the status line, the
+    headers and the body are read) and `sendall` keep to `clock`; the rest is the socket's."""
+
+    def __init__(self, sock, clock):
+        self.sock, self.clock = sock, clock
+
+    def makefile(self, mode="rb", buffering=None):
+        return io.BufferedReader(_TimedReads(self.sock, self.clock))
+
+    def sendall(self, data):
+        self.sock.settimeout(self.clock.timeout())
+        self.sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+class _TimedConnection:
+    """Mixin for an http.client connection: connects within `clock`, then reads and
+    sends through a `_TimedSocket`."""
+
+    def __init__(self, *args, clock, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.clock = clock
+
+    def connect(self):
+        self.timeout = self.clock.timeout()
+        super().connect()  # for https, this includes the TLS handshake
+        self.sock = _TimedSocket(self.sock, self.clock)
+
+
+class _TimedHTTP(_TimedConnection, http.client.HTTPConnection):
+    pass
+
+
+class _TimedHTTPS(_TimedConnection, http.client.HTTPSConnection):
+    pass
+
+
+class _TimedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def http_open(self, req):
+        return self.do_open(_TimedHTTP, req, clock=self.clock)
+
+
+class _TimedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def https_open(self, req):
+        return self.do_open(_TimedHTTPS, req, context=self._context, clock=self.clock)
+
+
+def _too_slow(url, clock, part=None):
+    """The DownloadError for a download that ran out of time (`part`: bytes kept for a resume)."""
+    kept = f"; the bytes so far are kept in {part}, run it again to resume" if part else ""
+    return DownloadError(f"Download too slow: {url} did not finish within "
+                         f"{clock.seconds:g} s{kept}")
+
+
+# After the last byte a Content-Length announced, how long to wait for the server to
+# close (it was asked to, with "Connection: close"), to see that no more bytes follow.
+_TRAILING_BYTES_WAIT_S = 1.0
 
 
 def download_file(
@@ -114,7 +259,10 @@ def download_file(
       Only a complete body is renamed onto `dest`: its length must be known (a
       Content-Length, or `sha256`), and it must match `sha256` when given.
     - `timeout` (seconds) applies to connecting and to each read, `deadline` to the
-      whole download (None: no limit); `progress` shows a tqdm bar labelled `desc`.
+      whole exchange: connecting, the status line and headers, and the body (None: no
+      limit); `progress` shows a tqdm bar labelled `desc`.
+    - A body longer than its Content-Length, several Content-Lengths, or a body sent
+      compressed (Content-Encoding) is refused, and nothing of it is kept.
     - Any failure raises `DownloadError` naming the URL; after a dropped connection,
       calling again resumes where it stopped.
 
@@ -125,16 +273,16 @@ def download_file(
     if dest.is_dir():
         raise DownloadError(f"Cannot download {url} to {dest}: it is a folder")
     part = _part_path(dest)
-    if dest.exists() and _local_copy_is_current(url, dest, timeout, sha256):
+    clock = Deadline(deadline, per_read=timeout)
+    if dest.exists() and _local_copy_is_current(url, dest, clock, sha256):
         return dest
-    clock = _Deadline(url, deadline)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DownloadError(f"Cannot download {url} to {dest}: {exc.strerror or exc}") from None
     version = _saved_version(part) if resume else None
     start = part.stat().st_size if version and part.exists() else 0
-    response = _open(url, part, start, version, clock.timeout(timeout))
+    response = _open(url, part, start, version, clock)
     with response:
         received, expected = _receive(response, url, part, start, chunk_size, clock,
                                       tqdm_kwargs={"desc": desc or dest.name, "disable": not progress})
@@ -188,14 +336,14 @@ def _discard(part):
     _version_path(part).unlink(missing_ok=True)
 
 
-def _local_copy_is_current(url, dest, timeout, sha256=None):
+def _local_copy_is_current(url, dest, clock, sha256=None):
     """True when `dest` has the size the server reports (or the server cannot say,
     or cannot be asked: then a warning, and the local copy is used). With `sha256`,
     True exactly when the local copy has it."""
     if sha256 is not None:
         return _file_sha256(dest) == sha256.lower()
     try:
-        expected = remote_size(url, timeout=timeout)
+        expected = _remote_size(url, clock)
     except _REQUEST_ERRORS as exc:
         warnings.warn(f"Could not check {_describe(url, exc)}; using the existing {dest}",
                       stacklevel=3)
@@ -204,22 +352,24 @@ def _local_copy_is_current(url, dest, timeout, sha256=None):
     return expected is None or expected == dest.stat().st_size
 
 
-def _open(url, part, start, version, timeout):
+def _open(url, part, start, version, clock):
     """The server's response, asking for bytes `start`- of the same `version` when
     resuming (If-Range: another version makes the server send the whole file)."""
-    request = urllib.request.Request(url)
+    request = urllib.request.Request(url, headers=_IDENTITY)
     if start > 0:
         request.add_header("Range", f"bytes={start}-")
         request.add_header("If-Range", version)
     try:
-        return urllib.request.urlopen(request, timeout=timeout)
+        return clock.open(request)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and start > 0:
             # Our .part is not a prefix the server can continue: start over.
             _discard(part)
-            return _open(url, part, 0, None, timeout)
+            return _open(url, part, 0, None, clock)
         raise DownloadError(f"Download failed: {_describe(url, exc)}") from exc
     except _REQUEST_ERRORS as exc:
+        if clock.spent():  # connecting, or the status line and headers, took too long
+            raise _too_slow(url, clock, part if part.exists() else None) from exc
         raise DownloadError(f"Download failed: {_describe(url, exc)}") from exc
 
 
@@ -243,29 +393,52 @@ def _body_start(response, url, part, start):
 
 def _receive(response, url, part, start, chunk_size, clock, tqdm_kwargs):
     """Write the body into `part` (appended after a 206, anew after a 200), with a
-    progress bar; returns (bytes in `part`, the size expected or None)."""
+    progress bar; returns (bytes in `part`, the size expected or None).
+
+    With a Content-Length, reads stop at its last byte, and then one more read checks
+    that the server closes there: a longer body is refused and `part` deleted."""
+    body_length = _content_length(response, url)  # before anything is written
     mode, start = _body_start(response, url, part, start)
-    body_length = _content_length(response)
     expected = None if body_length is None else start + body_length
+    if body_length is not None:
+        response.length = None  # http.client would stop quietly at Content-Length; we count
     received = start
     bar = tqdm(total=expected, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
                **tqdm_kwargs)
     try:
         with bar, open(part, mode) as f:
-            while chunk := response.read1(chunk_size):  # whatever has arrived, not a full chunk
+            while received != expected:
+                want = chunk_size if expected is None else min(chunk_size, expected - received)
+                chunk = response.read1(want)  # whatever has arrived, not a full chunk
+                if not chunk:
+                    break
                 f.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
-                clock.check(part)
-    except DownloadError:
-        raise  # the deadline (a DownloadError is an OSError too)
     except _REQUEST_ERRORS as exc:
+        if clock.spent():
+            raise _too_slow(url, clock, part) from exc
         raise DownloadError(
             f"Download interrupted: {_describe(url, exc)}; {received} of "
             f"{expected if expected is not None else '?'} bytes arrived in {part}. "
             "Run it again to resume."
         ) from exc
+    if expected is not None and received == expected and _more_bytes_follow(response, clock):
+        _discard(part)
+        raise DownloadError(f"Download refused: {url}: the server sent more than the "
+                            f"{body_length} bytes of its Content-Length; nothing was saved")
     return received, expected
+
+
+def _more_bytes_follow(response, clock):
+    """True if the server sends anything after the body's last byte before it closes
+    (the clock's reads now wait at most _TRAILING_BYTES_WAIT_S, for a server that
+    keeps the connection open)."""
+    clock.per_read = min(clock.per_read or _TRAILING_BYTES_WAIT_S, _TRAILING_BYTES_WAIT_S)
+    try:
+        return bool(response.read1(1))
+    except _REQUEST_ERRORS:  # no close, or no time left: the body itself was whole
+        return False
 
 
 def download_first_available(urls, dest, **kwargs):

@@ -83,25 +83,98 @@ def answer_in(response):
     return response
 
 
-def load_preference_data(path=PREFERENCE_DATA_PATH):
+def load_preference_data(path=PREFERENCE_DATA_PATH, skip_unusable=False, log=print, check=None):
     """Entries of a preference file: the chapter's fields plus string `chosen` and
-    `rejected`. DataError naming the file and the entry when one is malformed.
+    `rejected`. DataError naming the file and the entry when one is malformed (a field
+    missing or not a string, text that is not UTF-8).
+
+    A pair that is well formed but cannot teach a preference (`unusable_pair_reason`:
+    chosen and rejected the same text, or one of them empty; or the reason `check`,
+    a function of the entry, gives) is refused the same way, unless `skip_unusable`:
+    then it is left out, and `log` gets one line for them all:
+
+        pairs.json: skipped 1 of 1100 pairs: chosen and rejected identical (entry 17)
+
+    The chapter's own `instruction-data-with-preference.json` has one such pair.
 
     Introduced in: notebooks/09_preference_tuning_dpo.ipynb
     """
     path = Path(path)
-    entries = load_instruction_data(path)  # checks the file and the instruction fields
+    entries = load_instruction_data(path)  # checks the file, the instruction fields, the text
     for i, entry in enumerate(entries):
         for key in ("chosen", "rejected"):
             value = entry.get(key)
-            if not isinstance(value, str) or not value.strip():
+            if not isinstance(value, str):
                 found = "missing" if value is None else f"{type(value).__name__} {value!r:.40}"
                 raise DataError(f"{path}: entry {i}: field {key!r} must be a non-empty string "
                                 f"(found {found})")
-        if entry["chosen"] == entry["rejected"]:
-            raise DataError(f"{path}: entry {i}: 'chosen' and 'rejected' are the same text; "
-                            "a pair must differ to teach a preference")
-    return entries
+    unusable = {}
+    for i, entry in enumerate(entries):
+        reason = unusable_pair_reason(entry) or (check(entry) if check else None)
+        if reason:
+            unusable[i] = reason
+    if not unusable:
+        return entries
+    if not skip_unusable:
+        i, reason = next(iter(unusable.items()))
+        raise DataError(f"{path}: entry {i}: {UNUSABLE_PAIR_ERRORS.get(reason, reason)}")
+    if len(unusable) == len(entries):
+        raise DataError(f"{path}: none of its {len(entries)} pairs can teach a preference: "
+                        f"{_count_by_reason(unusable)}")
+    if log is not None:
+        log(f"{path}: skipped {len(unusable)} of {len(entries)} pairs: {_count_by_reason(unusable)}")
+    return [entry for i, entry in enumerate(entries) if i not in unusable]
+
+
+# The reasons `unusable_pair_reason` gives, and the error when such a pair is refused.
+UNUSABLE_PAIR_ERRORS = {
+    "chosen and rejected identical": "'chosen' and 'rejected' are the same text; "
+                                     "a pair must differ to teach a preference",
+    "'chosen' empty": "field 'chosen' must be a non-empty string (found only whitespace)",
+    "'rejected' empty": "field 'rejected' must be a non-empty string (found only whitespace)",
+}
+
+
+def unusable_pair_reason(entry):
+    """Why a preference pair cannot teach a preference (a key of UNUSABLE_PAIR_ERRORS),
+    or None when it can: its `chosen` and `rejected` must be different, non-empty text.
+
+    Not in a notebook: the check under `load_preference_data`.
+    """
+    for key in ("chosen", "rejected"):
+        if not entry[key].strip():
+            return f"{key!r} empty"
+    if entry["chosen"] == entry["rejected"]:
+        return "chosen and rejected identical"
+    return None
+
+
+def pair_too_long(entry, tokenizer, context_length, style="alpaca"):
+    """A `check` for `load_preference_data`: a reason when the pair's longer sequence
+    (prompt and response, as `PreferenceDataset` makes it) has more tokens than the
+    model has positions, which training could not run on; else None.
+
+    Not in a notebook: what `preference_tune` checks before any work.
+    """
+    (chosen, _), (rejected, _) = PreferenceDataset([entry], tokenizer, style)[0]
+    if max(len(chosen), len(rejected)) > context_length:
+        return f"longer than the model's {context_length} positions"
+    return None
+
+
+def _count_by_reason(unusable, shown=5):
+    """{entry index: reason} as "chosen and rejected identical (entries 3, 17); ..."."""
+    by_reason = {}
+    for i, reason in unusable.items():
+        by_reason.setdefault(reason, []).append(i)
+    parts = []
+    for reason, indices in by_reason.items():
+        if len(indices) == 1:
+            parts.append(f"{reason} (entry {indices[0]})")
+        else:
+            listed = ", ".join(str(i) for i in indices[:shown]) + (", ..." if len(indices) > shown else "")
+            parts.append(f"{reason} ({len(indices)} entries: {listed})")
+    return "; ".join(parts)
 
 
 class PreferenceDataset(Dataset):
@@ -394,6 +467,7 @@ class DPOConfig:
     seed: int = 123
     device: str = None
     progress: bool = True
+    skip_unusable_pairs: bool = True    # False (--strict-pairs): refuse a file with one, not skip it
 
 
 def _check_dpo_config(config):
@@ -407,12 +481,20 @@ def _check_dpo_config(config):
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ConfigError(f"--{name} must be a positive number, got {value!r}")
-    if config.out.resolve() == config.run.resolve():
-        raise ConfigError(f"--out {config.out} is the run folder it starts from; choose another")
+    if not isinstance(config.skip_unusable_pairs, bool):
+        raise ConfigError(f"skip_unusable_pairs must be True or False, got {config.skip_unusable_pairs!r}")
+    from ftlib.runfolder import check_run_out
+
+    check_run_out(config.out, _dpo_protected(config))
     if not (config.run / "model.pth").is_file():
         raise ConfigError(f"--run {config.run}: no model.pth there; run `make finetune` first "
                           "(it writes runs/latest), or name a run folder of `python -m ftlib finetune`")
     return config
+
+
+def _dpo_protected(config):
+    """What `dpo --out` may never hold: the run it starts from and the preference data."""
+    return [("the run folder it starts from (--run)", config.run), ("the preference data", config.data)]
 
 
 def preference_loaders(train, val, tokenizer, batch_size, style="alpaca", seed=123):
@@ -438,16 +520,24 @@ def preference_tune(config=None, log=print):
     from ftlib import set_seed
     from ftlib.data import split_data
     from ftlib.device import get_device
+    from ftlib.envcheck import check_run_environment
     from ftlib.fileio import atomic_write_json
-    from ftlib.modelfiles import load_run_model, save_model
+    from ftlib.modelfiles import load_run_model, read_run_config, save_model
     from ftlib.responses import generate_responses, save_responses
     from ftlib.runfolder import prepare_run_folder, run_folder
     from ftlib.tokenizer import get_gpt2_tokenizer
     from ftlib.trainer import make_optimizer, warmup_cosine_schedule
 
+    check_run_environment()
     config = _check_dpo_config(config or DPOConfig())
     log = log or (lambda *a, **k: None)
-    entries = load_preference_data(config.data)
+    run_config = read_run_config(config.run)  # config.json only: the data are checked before the model loads
+    style = run_config.get("prompt_style", "alpaca")
+    tokenizer = get_gpt2_tokenizer()
+    fits = partial(pair_too_long, tokenizer=tokenizer, style=style,
+                   context_length=run_config["model_config"]["context_length"])
+    entries = load_preference_data(config.data, skip_unusable=config.skip_unusable_pairs, log=log,
+                                   check=fits)
     train, test, val = split_data(entries)
     if config.max_train_pairs:
         train = train[:config.max_train_pairs]
@@ -455,10 +545,8 @@ def preference_tune(config=None, log=print):
         raise DataError(f"{config.data}: {len(entries)} pairs are too few for a training, "
                         "a validation and a test split")
     model, run_config = load_run_model(config.run)
-    style = run_config.get("prompt_style", "alpaca")
     device = get_device(config.device)
-    tokenizer = get_gpt2_tokenizer()
-    folder = prepare_run_folder(config.out)
+    folder = prepare_run_folder(config.out, _dpo_protected(config), kind="dpo", log=log)
     with run_folder(folder):
         set_seed(config.seed)
         model.to(device)

@@ -141,7 +141,7 @@ def save_hf_model(model, out_dir, source=None):
             f"vocab_size {cfg['vocab_size']} is smaller than GPT-2's tokenizer "
             f"({GPT2_N_VOCAB} tokens): the exported tokenizer would produce ids the model lacks")
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
+    _check_out_dir(out_dir, source)
     tied = ties_embeddings(model)
     state = gpt_to_hf_state_dict(model)
     dtype = model.tok_emb.weight.dtype
@@ -187,8 +187,13 @@ def _umask():
     return mask
 
 
-def _check_out_dir(out_dir):
-    """Refuse a path that is a file, or a non-empty folder that is not an earlier export."""
+def _check_out_dir(out_dir, source=None):
+    """Refuse what `check_out_path` refuses ('.', a folder holding the run exported, the
+    repository or home), a file, or a non-empty folder that is not an earlier export."""
+    from ftlib.runfolder import check_out_path
+
+    check_out_path(out_dir, [("the run it exports", source)] if source is not None else [],
+                   option="export folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise FtlibError(f"export folder {out_dir} is a file; choose a folder path")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / EXPORT_MARKER).is_file():
@@ -231,6 +236,7 @@ def export_hf(run_dir, out_dir):
 def main_export(run_dir, out_dir, log=print):
     """The CLI's `python -m ftlib export-hf RUN_DIR OUT_DIR`: export and say what was written.
     """
+    _check_out_dir(Path(out_dir), run_dir)  # before the model is read
     model, _ = load_run_model(run_dir)
     tied = ties_embeddings(model)
     out = save_hf_model(model, out_dir, source=run_dir)

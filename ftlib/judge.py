@@ -10,7 +10,6 @@ import http.client
 import json
 import re
 import socket
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +17,7 @@ import urllib.request
 from tqdm.auto import tqdm
 
 from ftlib.data import format_input
+from ftlib.download import Deadline
 from ftlib.errors import ConfigError, DataError, FtlibError
 
 OLLAMA_URL = "http://localhost:11434/api/chat"
@@ -26,7 +26,8 @@ JUDGE_MODEL = "llama3"  # the chapter's judge: Llama 3 8B Instruct, via Ollama
 # 2048 tokens of context hold the prompt, the reference and the response.
 JUDGE_OPTIONS = {"seed": 123, "temperature": 0, "num_ctx": 2048}
 # A whole reply is a few tokens; 10 minutes leaves room for loading the model first,
-# and stops a server that trickles a line now and then from holding the loop forever.
+# and stops a server that trickles a line (or a header) now and then from holding the
+# loop forever: it bounds the whole exchange, connecting, headers and body.
 QUERY_DEADLINE_S = 600
 
 
@@ -55,7 +56,8 @@ def query_model(prompt, model=JUDGE_MODEL, url=OLLAMA_URL, timeout=300, deadline
     with a piece of `message.content`, the last with `"done": true`; the pieces
     are joined (`read_ollama_stream`: a stream cut before the last line is an error).
     `timeout` is in seconds per network read (the first reply can take a while, as
-    Ollama loads the model); `deadline` bounds the whole reply.
+    Ollama loads the model); `deadline` bounds the whole exchange: connecting, the
+    status line and headers, and the streamed reply (None: no limit).
 
     Raises `FtlibError` if nothing listens at `url` (the message says how to start
     Ollama) and, for an HTTP error such as an unknown model, with Ollama's message.
@@ -68,27 +70,43 @@ def query_model(prompt, model=JUDGE_MODEL, url=OLLAMA_URL, timeout=300, deadline
         url, data=json.dumps(body).encode("utf-8"),
         headers={"Content-Type": "application/json"}, method="POST",
     )
+    clock = Deadline(deadline, per_read=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return read_ollama_stream(_timed_lines(response, url, deadline), url)
+        with clock.open(request) as response:
+            return read_ollama_stream(_lines(response), url)
     except urllib.error.HTTPError as exc:
-        error = _ollama_error_text(exc.read())
+        error = _ollama_error_text(_error_body(exc))
         hint = f" (download it with `ollama pull {model}`)" if exc.code == 404 else ""
         raise FtlibError(
             f"Ollama at {url} answered HTTP {exc.code} for model {model!r}: {error}{hint}"
         ) from exc
-    except urllib.error.URLError as exc:
+    except (OSError, http.client.HTTPException) as exc:
+        if clock.spent():
+            raise FtlibError(
+                f"Ollama at {url} did not finish its reply within {deadline:g} s") from exc
+        raise _connection_error(exc, url, model, timeout) from exc
+
+
+def _error_body(exc):
+    """The body of an HTTP error reply, or b"" if it cannot be read (cut, or no time left)."""
+    try:
+        return exc.read()
+    except (OSError, http.client.HTTPException):
+        return b""
+
+
+def _connection_error(exc, url, model, timeout):
+    """The FtlibError for a request to Ollama that failed before its reply was whole."""
+    if isinstance(exc, urllib.error.URLError):
         if isinstance(exc.reason, (ConnectionRefusedError, socket.gaierror)):
-            raise FtlibError(_start_ollama_hint(url, model)) from exc
-        raise FtlibError(f"cannot reach Ollama at {url}: {exc.reason}. "
-                         + _start_ollama_hint(url, model)) from exc
-    except (TimeoutError, socket.timeout) as exc:
-        raise FtlibError(
+            return FtlibError(_start_ollama_hint(url, model))
+        return FtlibError(f"cannot reach Ollama at {url}: {exc.reason}. "
+                          + _start_ollama_hint(url, model))
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
+        return FtlibError(
             f"Ollama at {url} did not answer within {timeout} s; a first request loads "
-            "the model and can be slow: try again, or pass a larger timeout"
-        ) from exc
-    except (ConnectionError, http.client.HTTPException) as exc:  # reset, or a cut chunk
-        raise FtlibError(f"the connection to Ollama at {url} broke: {exc!r}") from exc
+            "the model and can be slow: try again, or pass a larger timeout")
+    return FtlibError(f"the connection to Ollama at {url} broke: {exc!r}")  # reset, a cut chunk
 
 
 def _ollama_line(line, url):
@@ -129,17 +147,14 @@ def read_ollama_stream(lines, url=OLLAMA_URL):
                      f"(\"done\": true); the partial reply {''.join(pieces)[:60]!r} is not used")
 
 
-def _timed_lines(response, url, deadline):
-    """The lines of `response` as they arrive; FtlibError once `deadline` seconds have
-    passed (each read waits at most the socket's timeout, so this bounds the whole)."""
-    end = None if deadline is None else time.monotonic() + deadline
+def _lines(response):
+    """The lines of `response` as they arrive (each read keeps to the query's Deadline,
+    so a trickle of bytes ends in TimeoutError once the deadline is spent)."""
     buffer = b""
     while chunk := response.read1(1 << 16):
         buffer += chunk
         *complete, buffer = buffer.split(b"\n")
         yield from complete
-        if end is not None and time.monotonic() > end:
-            raise FtlibError(f"Ollama at {url} did not finish its reply within {deadline:g} s")
     if buffer:
         yield buffer
 

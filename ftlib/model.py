@@ -71,6 +71,42 @@ def get_config(name):
     raise ConfigError(f"unknown model {name!r}; choose one of: {allowed}")
 
 
+# The keys of a GPTModel config, and what each must be.
+MODEL_CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
+                     "drop_rate", "qkv_bias")
+
+
+def check_model_config(cfg, source="model config"):
+    """Raise ConfigError unless `cfg` is a config GPTModel can be built from: every key
+    of MODEL_CONFIG_KEYS, the sizes positive whole numbers, `emb_dim` divisible by
+    `n_heads`, `drop_rate` in [0, 1), `qkv_bias` true or false. The message starts
+    with `source` (e.g. "runs/latest/config.json: model_config") and names the key:
+
+    >>> check_model_config({**TINY_CONFIG, "n_heads": 0}, "config.json: model_config")
+    ConfigError: config.json: model_config: 'n_heads' must be a positive whole number, got 0
+
+    Not in a notebook: the check of every config.json a model is rebuilt from.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: must be an object of {', '.join(MODEL_CONFIG_KEYS)}, "
+                          f"got {type(cfg).__name__}")
+    missing = [key for key in MODEL_CONFIG_KEYS if key not in cfg]
+    if missing:
+        raise ConfigError(f"{source}: lacks {', '.join(repr(key) for key in missing)}")
+    for key in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{source}: {key!r} must be a positive whole number, got {value!r:.40}")
+    if cfg["emb_dim"] % cfg["n_heads"]:
+        raise ConfigError(f"{source}: 'emb_dim' {cfg['emb_dim']} is not divisible by "
+                          f"'n_heads' {cfg['n_heads']}")
+    rate = cfg["drop_rate"]
+    if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1):
+        raise ConfigError(f"{source}: 'drop_rate' must be a number in [0, 1), got {rate!r:.40}")
+    if not isinstance(cfg["qkv_bias"], bool):
+        raise ConfigError(f"{source}: 'qkv_bias' must be true or false, got {cfg['qkv_bias']!r:.40}")
+
+
 class LayerNorm(nn.Module):
     """Layer normalisation with the book's parameter names (`scale`, `shift`).
 
@@ -120,6 +156,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
+        if not isinstance(num_heads, int) or isinstance(num_heads, bool) or num_heads < 1:
+            raise ConfigError(f"n_heads must be a positive whole number, got {num_heads!r:.40}")
         if d_out % num_heads:
             raise ConfigError(f"emb_dim {d_out} is not divisible by n_heads {num_heads}")
         self.num_heads = num_heads

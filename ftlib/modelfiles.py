@@ -19,11 +19,7 @@ from ftlib.distributed import is_distributed
 from ftlib.errors import ConfigError, FtlibError
 from ftlib.fileio import atomic_path
 from ftlib.lora import add_lora, merge_lora
-from ftlib.model import GPTModel
-
-# The keys a run folder's config.json must give in "model_config" to rebuild its GPTModel.
-MODEL_CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers",
-                     "drop_rate", "qkv_bias")
+from ftlib.model import GPTModel, check_model_config
 
 
 def read_torch_file(path, what="PyTorch state_dict", map_location="cpu", missing_hint=None):
@@ -108,21 +104,56 @@ def load_model_state(model, path, map_location=None):
     return model
 
 
-def _read_run_config(run_dir):
+def read_run_config(run_dir):
+    """A run folder's config.json as a dict, without its model: FtlibError naming the
+    file when it is missing or not JSON, ConfigError naming the file and the key when
+    its "model_config" is not one GPTModel can be built from (`check_model_config`):
+
+        runs/latest/config.json: model_config: 'n_heads' must be a positive whole number, got 0
+
+    Not in a notebook: what `load_run_model` reads first (and `preference_tune`, to
+    check the preference data against the model before loading it).
+    """
+    run_dir = Path(run_dir)
     path = run_dir / "config.json"
     if not path.is_file():
         raise FtlibError(f"{path} not found: is {run_dir} a run folder of `python -m ftlib finetune`?")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise FtlibError(f"{path} is not readable JSON: {exc}") from exc
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FtlibError(f"{path} is not readable JSON: {reason}") from None
     cfg = config.get("model_config") if isinstance(config, dict) else None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: the field 'model_config' (the GPTModel config dict) is missing")
-    missing = [key for key in MODEL_CONFIG_KEYS if key not in cfg]
-    if missing:
-        raise ConfigError(f"{path}: 'model_config' lacks {', '.join(missing)}")
+    check_model_config(cfg, f"{path}: model_config")
     return config
+
+
+def _check_config_fits_weights(cfg, state, path, weights):
+    """ConfigError naming the key of `cfg` (read from `path`) that the state dict of
+    `weights` contradicts: vocab_size, context_length, emb_dim or n_layers. Checked
+    before the model is built, so a mistyped size allocates nothing."""
+    found = {}
+    if getattr(state.get("tok_emb.weight"), "ndim", 0) == 2:
+        found["vocab_size"], found["emb_dim"] = state["tok_emb.weight"].shape
+    if getattr(state.get("pos_emb.weight"), "ndim", 0) == 2:
+        found["context_length"] = state["pos_emb.weight"].shape[0]
+    blocks = {int(m.group(1)) for key in state if (m := re.match(r"trf_blocks\.(\d+)\.", key))}
+    if blocks:
+        found["n_layers"] = max(blocks) + 1
+    for key, value in found.items():
+        if cfg[key] != value:
+            raise ConfigError(f"{weights} does not fit the model_config of {path}: its {key!r} "
+                              f"is {cfg[key]}, the weights have {value}")
+
+
+def _load_error_reason(exc):
+    """The line of a load_state_dict RuntimeError that says what does not fit."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    return (lines[0] if lines else type(exc).__name__)[:300]
 
 
 def load_run_model(run_dir):
@@ -137,12 +168,13 @@ def load_run_model(run_dir):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FtlibError(f"run folder {run_dir} not found")
-    config = _read_run_config(run_dir)
+    config = read_run_config(run_dir)
     weights = run_dir / "model.pth"
     state = read_torch_file(weights, missing_hint="the run did not finish saving its model")
     # A model saved after torch.compile has every key prefixed "_orig_mod.".
     state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
 
+    _check_config_fits_weights(config["model_config"], state, run_dir / "config.json", weights)
     model = GPTModel(config["model_config"])
     lora_keys = [k for k in state if k.endswith(".lora.A")]
     if lora_keys:
@@ -151,8 +183,8 @@ def load_run_model(run_dir):
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError(
-            f"{weights} does not fit the model_config of {run_dir / 'config.json'}: {exc}") from exc
+        raise ConfigError(f"{weights} does not fit the model_config of {run_dir / 'config.json'}: "
+                          f"{_load_error_reason(exc)}") from None
     if lora_keys:
         merge_lora(model)
     model.eval()

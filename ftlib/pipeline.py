@@ -18,11 +18,13 @@ Each step is a plain function a notebook can call on its own (`build_model`,
     metrics.json         held-out scores per task family, before and after, timings
     model.pth            the fine-tuned model's state_dict
     checkpoint.pt        model + optimizer + step, for --resume
+    ftlib-run.json       the marker: the files ftlib wrote there
 
 Every error a user can cause (a malformed data file, an unknown model, a missing
 weights folder) raises an `FtlibError` before anything is written (`_check_run`).
 The run folder is written whole or not at all (ftlib/runfolder.py): locked, written
-into a temporary folder beside it, switched into place only when the run succeeds.
+into a temporary folder beside it, switched into place only when the run succeeds;
+`--out` is refused before any work if it holds anything ftlib did not write.
 Under torchrun each process trains on its share of every batch; rank 0 alone logs
 and writes the run folder (ftlib/distributed.py).
 """
@@ -288,6 +290,9 @@ def finetune(config=None, log=print):
     from ftlib.distributed import (cleanup_distributed, init_distributed, is_main_process,
                                    launched_by_torchrun)
 
+    from ftlib.envcheck import check_run_environment
+
+    check_run_environment()  # output that cannot print, a matplotlib backend that is not there
     config = config or RunConfig()
     log = log or _quiet
     if not launched_by_torchrun():
@@ -306,16 +311,25 @@ def _quiet(*args, **kwargs):
 def _run_here(config, log=print, device=None):
     """`finetune` in this process (`device` is given under torchrun)."""
     from ftlib.distributed import is_main_process, main_process_first, world_size
-    from ftlib.runfolder import prepare_run_folder, run_folder
+    from ftlib.runfolder import prepare_run_folder, resume_checkpoint, run_folder
 
     n_proc = world_size()
     # Rank 0 checks the settings and downloads first; the others then read what it
     # fetched, or stop quietly if it failed.
     with main_process_first():
         config, device, run = _check_run(config, n_proc, device, log)
-        folder = prepare_run_folder(config.out) if is_main_process() else None
+        folder = (prepare_run_folder(config.out, _protected(config), log=log)
+                  if is_main_process() else None)
+        state = run["resume_state"]
+        if folder is not None and state is not None and not Path(state["_path"]).exists():
+            state["_path"] = str(resume_checkpoint(config.out))  # a killed run's, now kept
     with run_folder(folder):
         return _run_in_folder(config, device, run, folder, log)
+
+
+def _protected(config):
+    """What `--out` may never hold: the data file of the run."""
+    return [("the data file", config.data)] if config.data is not None else []
 
 
 def _check_run(config, n_proc, device, log):
@@ -323,20 +337,26 @@ def _check_run(config, n_proc, device, log):
     (resolved config, device, the run's data, loaders and resume state)."""
     from ftlib.device import get_device
     from ftlib.distributed import rank
+    from ftlib.runfolder import check_run_out, resume_checkpoint
     from ftlib.tokenizer import get_gpt2_tokenizer
 
     config = resolve_config(config)
     if config.batch_size % n_proc:
         raise ConfigError(f"batch size {config.batch_size} cannot be shared evenly by {n_proc} "
                           f"processes; choose a multiple of {n_proc} (--batch-size)")
-    if config.out.exists() and not config.out.is_dir():
-        raise ConfigError(f"--out {config.out}: is a file, not a folder")
-    if config.resume and not (config.out / "checkpoint.pt").is_file():
-        raise ConfigError(f"--resume: no checkpoint at {config.out / 'checkpoint.pt'}")
+    check_run_out(config.out, _protected(config))
+    checkpoint = resume_checkpoint(config.out)
+    if config.resume and checkpoint is None:
+        raise ConfigError(f"--resume: no checkpoint at {config.out / 'checkpoint.pt'} "
+                          "(nor one kept by an interrupted run of it)")
+    if checkpoint is not None and not config.resume and (
+            checkpoint.parent != config.out or not (config.out / "model.pth").exists()):
+        log(f"Note: {checkpoint} is the checkpoint of a run into {config.out} that did not finish; "
+            "this run starts over (add --resume to continue that one) and replaces it when it finishes")
     device = device or get_device(config.device)
     dataset_name, data = load_data(config, log)
     train, test, val = split_for_training(config, data)
-    resume_state = _read_resume_state(config, train) if config.resume else None
+    resume_state = _read_resume_state(config, train, checkpoint) if config.resume else None
     if len(test) > MAX_HELD_OUT:
         log(f"Held-out: answering the first {MAX_HELD_OUT} of {len(test)} test entries")
         test = test[:MAX_HELD_OUT]
@@ -443,13 +463,13 @@ def _resume_settings(config, train):
             "training_data": hashlib.sha256(data).hexdigest()}
 
 
-def _read_resume_state(config, train):
-    """The checkpoint to resume from, read once; ConfigError if it was made with
-    other settings (RESUME_SETTINGS) than this run's."""
+def _read_resume_state(config, train, path):
+    """The checkpoint at `path` to resume from, read once; ConfigError if it was made
+    with other settings (RESUME_SETTINGS) than this run's."""
     from ftlib.modelfiles import read_torch_file
 
-    path = config.out / "checkpoint.pt"
     state = read_torch_file(path, what="ftlib checkpoint")
+    state["_path"] = str(path)
     extra = state.get("extra")
     saved = extra.get("run") if isinstance(extra, dict) else None
     if isinstance(saved, dict):  # checkpoints of older versions have none
@@ -530,10 +550,10 @@ def _train(config, model, train_loader, val_loader, eval_train_loader, device, l
     scheduler = warmup_cosine_schedule(optimizer, total_steps) if config.warmup_cosine else None
     checkpoint_path = folder.work / "checkpoint.pt" if folder is not None else None
     if resume_state is not None:
-        restore_checkpoint(resume_state, model, optimizer, scheduler, config.out / "checkpoint.pt")
-        log(f"Resuming after step {resume_state['step']}")
-    if folder is not None:  # name the checkpoint where it will be, not in the temporary folder
-        log = _shown_as(log, folder.work, config.out)
+        restore_checkpoint(resume_state, model, optimizer, scheduler, resume_state["_path"])
+        log(f"Resuming after step {resume_state['step']} (from {resume_state['_path']})")
+    if folder is not None:  # name the checkpoint where it will be kept, not the temporary folder
+        log = _shown_as(log, folder.work, folder.kept_at)
     n_proc = world_size()
     where = f"{n_proc} processes ({device.type})" if n_proc > 1 else str(device)
     log(f"Fine-tuning {config.model} on {where}: {config.epochs} epochs, batch {config.batch_size}, "

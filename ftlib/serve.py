@@ -8,10 +8,14 @@ Two uses:
       python -m ftlib.serve gpt2/ --host 0.0.0.0 --port 8000
 
 Only files under the served folder are reachable (a symlink that leads outside it
-is refused too); directories give 404.
+is refused too); directories give 404, and a file that cannot be read an error
+reply (403 or 500) before any `200 OK`.
 `Range: bytes=N-` and `bytes=N-M` are honoured, so interrupted downloads resume;
 each file has an ETag and Last-Modified, and `If-Range` with another version gets
 the whole file, so a resumed download never splices two versions.
+A client that sends nothing for IDLE_TIMEOUT_S, or takes more than HEADER_TIMEOUT_S
+for a request's line and headers (a trickle of bytes), is disconnected, so no one
+holds a thread for long.
 
 Not in a notebook: the server's plumbing and its command line (notebook 05 uses
 `serve_directory`, whose pointer says so).
@@ -20,11 +24,14 @@ Not in a notebook: the server's plumbing and its command line (notebook 05 uses
 import argparse
 import contextlib
 import email.utils
+import io
 import mimetypes
+import os
 import re
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,8 +39,16 @@ from pathlib import Path
 
 from ftlib.errors import ConfigError
 
-_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
+_RANGE_RE = re.compile(r"^bytes=([0-9]+)-([0-9]*)$")
 _CHUNK = 1 << 16
+
+# A connection that sends nothing for this long (before a request, or between two on
+# a kept-alive connection) is closed.
+IDLE_TIMEOUT_S = 5.0
+# A request's line and headers must all arrive within this, however the bytes trickle.
+HEADER_TIMEOUT_S = 10.0
+# A client that accepts no 64 KiB of the reply for this long is dropped.
+SEND_TIMEOUT_S = 60.0
 
 
 class LocalServer(str):
@@ -64,13 +79,20 @@ def _parse_range(header, size):
     match = _RANGE_RE.match(header.strip()) if header else None
     if match is None:
         return None
-    start = int(match.group(1))
+    start = _position(match.group(1), size)
     if start >= size:
         return "unsatisfiable"
-    end = int(match.group(2)) if match.group(2) else size - 1
+    end = _position(match.group(2), size) if match.group(2) else size - 1
     if end < start:
         return None
     return start, min(end, size - 1)
+
+
+def _position(digits, size):
+    """A byte position from its digits, or `size` if it is more than that: a number of
+    thousands of digits is never converted (int() refuses those, and it is past the end)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= len(str(size)) else size
 
 
 def _if_range_matches(if_range, etag, mtime):
@@ -85,11 +107,54 @@ def _if_range_matches(if_range, etag, mtime):
         return False
 
 
+class _RequestReads(io.RawIOBase):
+    """A connection's reads: each waits at most IDLE_TIMEOUT_S, and all those of one
+    request (its line and headers) at most HEADER_TIMEOUT_S from `next_request()`."""
+
+    def __init__(self, connection, raw):
+        self.connection, self.raw = connection, raw
+        self.next_request()
+
+    def next_request(self):
+        self.end = time.monotonic() + HEADER_TIMEOUT_S
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the request's headers took more than {HEADER_TIMEOUT_S:g} s")
+        self.connection.settimeout(min(IDLE_TIMEOUT_S, left))
+        return self.raw.readinto(buffer)
+
+    def close(self):
+        self.raw.close()
+        super().close()
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Answers GET and HEAD for files under the server's root; `self.server.local`
     is the LocalServer (root, request log, options)."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, so Content-Length must be right
+    rbufsize = 0  # setup() makes the raw reads timed, then buffers them
+
+    def setup(self):
+        super().setup()
+        self.reads = _RequestReads(self.connection, self.rfile)
+        self.rfile = io.BufferedReader(self.reads)
+
+    def handle_one_request(self):
+        # A timeout while the request arrives ends here: BaseHTTPRequestHandler catches
+        # TimeoutError and closes the connection (quietly: log_message says nothing).
+        self.reads.next_request()
+        super().handle_one_request()
+
+    def parse_request(self):
+        ok = super().parse_request()  # reads the headers, within the reads' limits
+        self.connection.settimeout(SEND_TIMEOUT_S)  # from here on, the reply is written
+        return ok
 
     def log_message(self, format, *args):
         pass  # quiet: no line on stderr per request
@@ -121,7 +186,24 @@ class _Handler(BaseHTTPRequestHandler):
         if path is None:
             self.send_error(HTTPStatus.NOT_FOUND, "File not found")
             return
-        stat = path.stat()
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            self._cannot_read(exc)
+            return
+        with f:
+            self._serve_file(f, path, range_header, send_body)
+
+    def _cannot_read(self, exc):
+        """The error reply for a file that exists but cannot be read (nothing else was sent)."""
+        status = HTTPStatus.FORBIDDEN if isinstance(exc, PermissionError) else (
+            HTTPStatus.INTERNAL_SERVER_ERROR)
+        self.send_error(status, explain="The file exists but cannot be read.")
+
+    def _serve_file(self, f, path, range_header, send_body):
+        """The reply for an open file: its first bytes are read before the status line,
+        so a file that cannot be read gets an error reply, never a `200 OK` cut short."""
+        stat = os.fstat(f.fileno())
         size = stat.st_size
         etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'  # changes when the file does
         if not _if_range_matches(self.headers.get("If-Range"), etag, stat.st_mtime):
@@ -134,14 +216,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        start, end = (0, size - 1) if byte_range is None else byte_range
+        length = end - start + 1
+        try:
+            f.seek(start)
+            first = f.read(min(_CHUNK, length)) if send_body else b""
+        except OSError as exc:
+            self._cannot_read(exc)
+            return
         if byte_range is None:
-            start, end = 0, size - 1
             self.send_response(HTTPStatus.OK)
         else:
-            start, end = byte_range
             self.send_response(HTTPStatus.PARTIAL_CONTENT)
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        length = end - start + 1
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
@@ -150,23 +237,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
         self.end_headers()
         if send_body:
-            self._send_body(path, start, length)
+            self._send_body(f, first, length)
 
-    def _send_body(self, path, start, length):
+    def _send_body(self, f, first, length):
+        """Write `length` bytes: `first`, then the rest of `f` from where it stands."""
         limit = self.server.local.fail_after_bytes
         to_send = length if limit is None else min(length, limit)
-        short = to_send < length
-        with open(path, "rb") as f:
-            f.seek(start)
-            while to_send > 0:
-                chunk = f.read(min(_CHUNK, to_send))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                to_send -= len(chunk)
-        if short or to_send > 0:
+        sent, chunk = 0, first[:to_send]
+        while chunk:
+            self.wfile.write(chunk)  # a client gone or stuck: the server drops it quietly
+            sent += len(chunk)
+            try:
+                chunk = f.read(min(_CHUNK, to_send - sent))
+            except OSError:  # the disk failed mid-way: cut the reply short
+                break
+        if sent < length:
             # Fewer bytes than Content-Length went out (on purpose, or the file
-            # shrank): close, so the client sees a short read instead of waiting.
+            # shrank or failed): close, so the client sees a short read instead of
+            # waiting.
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -196,6 +284,9 @@ def serve_directory(root, host="127.0.0.1", port=0, fail_after_bytes=None):
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"Cannot serve {root}: it is not a folder")
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"Cannot serve {root} on port {port!r}: a port is a number "
+                          "from 0 to 65535 (0: any free one)")
     httpd = _QuietServer((host, port), _Handler)
     bound_host, bound_port = httpd.server_address[:2]  # port 0 -> the one the OS chose
     server = LocalServer(f"http://{bound_host}:{bound_port}", root, fail_after_bytes)
@@ -240,7 +331,7 @@ def main(argv=None):
                 print(f"Other machines can use http://{socket.gethostname()}:{port}")
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()  # until Ctrl-C
-    except (ConfigError, OSError) as exc:  # not a folder, or the port is taken
+    except (ConfigError, OSError) as exc:  # not a folder, no such port, or it is taken
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print("Stopped.")

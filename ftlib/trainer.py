@@ -319,32 +319,50 @@ def _set_epoch(loader, epoch):
 
 
 class _StopAtStepEnd:
-    """Ctrl-C (SIGINT) during training: finish the current step, then stop.
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP during training: finish the current step, then
+    stop (the run keeps its checkpoint, so `--resume` continues).
 
-    The first Ctrl-C only sets `requested`; the loop checks it between steps, so a
-    checkpoint never holds a half-done update. A second Ctrl-C stops at once.
-    Active only in the main thread (where Python delivers signals).
+    The first signal only sets `requested`; the loop checks it between steps, so a
+    checkpoint never holds a half-done update. A second one stops at once. After a
+    hang-up (the terminal closed, ssh dropped) output to that terminal goes nowhere
+    instead of failing. Active only in the main thread (where Python delivers signals).
     """
+
+    SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def _handle(self, signum, frame):
+        if signum == getattr(signal, "SIGHUP", None):
+            _silence_dead_terminal()
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc_info):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
         return False
+
+
+def _silence_dead_terminal():
+    """Point standard output and error at the null device where they were the terminal
+    that hung up: writing there would fail (EIO) and lose the run."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            if os.isatty(fd):
+                os.dup2(null, fd)
+        os.close(null)
 
 
 @dataclass
@@ -512,7 +530,8 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs, 
                 saved = (f"in the middle of an update; the last checkpoint, {checkpoint_path}, is kept"
                          if loop.updating else
                          f"at step {history.step}; checkpoint saved to {checkpoint_path}")
-                log(f"\nInterrupted {saved}. Run the same command with --resume to continue.")
+                with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+                    log(f"\nInterrupted {saved}. Run the same command with --resume to continue.")
             raise
     loop.checkpoint(history)
     return history

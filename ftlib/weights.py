@@ -13,6 +13,7 @@ query/key/value split), is the one table of ftlib/gpt2_names.py.
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,9 @@ def download_and_load_gpt2(model_size, models_dir, base_url=None, progress=True,
       next call downloads it again: hparams.json when it is not JSON, lacks a size or
       disagrees with the checkpoint (wrong `n_layer`); the checkpoint's files when
       TensorFlow cannot read them.
+    - A `models_dir` that files must be downloaded into but that cannot be written
+      (read-only, not a folder) raises ConfigError naming it; one that already holds
+      every file is only read.
 
     >>> settings, params = download_and_load_gpt2("355M", "gpt2")
 
@@ -110,13 +114,23 @@ def download_and_load_gpt2(model_size, models_dir, base_url=None, progress=True,
     """
     _check_model_size(model_size, allowed_sizes)
     model_dir = Path(models_dir) / model_size
-    model_dir.mkdir(parents=True, exist_ok=True)
     bases = _base_urls(base_url)
-    for name in GPT2_FILENAMES:
-        download_first_available(
-            [f"{base}/{model_size}/{name}" for base in bases], model_dir / name,
-            progress=progress, desc=f"{model_size}/{name}",
-        )
+    try:
+        if not all((model_dir / name).is_file() for name in GPT2_FILENAMES):
+            model_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=model_dir):  # can files be written there?
+                pass
+        for name in GPT2_FILENAMES:
+            download_first_available(
+                [f"{base}/{model_size}/{name}" for base in bases], model_dir / name,
+                progress=progress, desc=f"{model_size}/{name}",
+            )
+    except DownloadError:
+        raise  # names the URL (a DownloadError is an OSError too)
+    except OSError as exc:  # the weights folder, not the network: say which folder
+        raise ConfigError(f"the GPT-2 weights folder {models_dir} cannot be written "
+                          f"({exc.strerror or exc}): {model_size}'s files are downloaded into "
+                          f"{model_dir}; choose another (--weights-dir) or make it writable") from None
 
     settings = _read_hparams(model_dir / "hparams.json")
     variables = _read_tf_checkpoint(model_dir)
@@ -130,9 +144,13 @@ def download_and_load_gpt2(model_size, models_dir, base_url=None, progress=True,
 def _corrupt(model_dir, names, reason):
     """The one place that decides which downloaded files are bad: delete `names` (and
     nothing else) so the next call fetches them again; the DownloadError to raise."""
-    for name in names:
-        (model_dir / name).unlink(missing_ok=True)
     which = ", ".join(str(model_dir / name) for name in names)
+    for name in names:
+        try:
+            (model_dir / name).unlink(missing_ok=True)
+        except OSError as exc:  # e.g. a read-only weights folder
+            return DownloadError(f"{which}: not a valid GPT-2 download ({reason}); they cannot be "
+                                 f"deleted ({exc.strerror or exc}): delete them and run again")
     return DownloadError(f"{which}: not a valid GPT-2 download ({reason}); deleted, "
                          "run again to download it anew (the other files are kept)")
 

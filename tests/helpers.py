@@ -3,7 +3,7 @@
 import random
 
 # What a finished run of `python -m ftlib finetune` leaves in its folder.
-RUN_FILES = {"config.json", "loss-plot.png", "test-responses.json", "metrics.json",
+RUN_FILES = {"config.json", "loss-plot.png", "test-responses.json", "metrics.json", "ftlib-run.json",
              "model.pth", "checkpoint.pt"}
 
 # Four entries with the model's responses: two of task family "A", one of "B", one

@@ -193,8 +193,10 @@ def test_export_refuses_to_overwrite_other_folders(tmp_path):
     with pytest.raises(FtlibError, match="not empty"):
         export_hf(run, other)
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
-    with pytest.raises(FtlibError, match="not empty"):
+    with pytest.raises(FtlibError, match="would hold the run it exports"):
         export_hf(run, run)  # the run folder itself
+    with pytest.raises(FtlibError, match="would hold the run it exports"):
+        export_hf(run, tmp_path)  # a folder holding it
     (tmp_path / "afile").write_text("x")
     with pytest.raises(FtlibError, match="is a file"):
         export_hf(run, tmp_path / "afile")

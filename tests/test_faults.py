@@ -302,6 +302,141 @@ def test_export_into_an_unwritable_place_is_one_line(good_run):
                     "/proc/no-such-dir/hf")
 
 
+# --- a run folder owns only what ftlib wrote there (issue 25) --------------------------
+
+def _tree(folder):
+    """{relative path: sha256} of every file under `folder`: the user's files, byte for byte."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _users_folder(tmp_path, good_run, small_data):
+    """A folder of the user's: notes, two runs of their own, and the data file."""
+    home = tmp_path / "mine"
+    (home / "notes").mkdir(parents=True)
+    (home / "notes" / "todo.txt").write_text("buy milk\n")
+    for name in ("exp1", "exp2"):
+        shutil.copytree(good_run, home / "runs" / name)
+    shutil.copy(small_data, home / "data.json")
+    return home
+
+
+REFUSED = {  # case -> (--out relative to the user's folder, or the dpo/export command; the line names)
+    "a_folder_of_own_files": ("notes", ["not an ftlib run folder"]),
+    "a_parent_of_runs": ("runs", ["not an ftlib run folder"]),
+    "the_folder_holding_the_data": (".", ["--out"]),
+    "the_folder_holding_the_data_by_name": ("../mine", ["the data file"]),
+    "inside_a_run": ("runs/exp1/sub", ["inside the run folder"]),
+    "a_run_with_a_file_of_the_users": ("runs/exp2", ["'mine.txt'", "did not write"]),
+    "a_glob_pattern": ("runs/*", []),  # literal: a new folder named '*' (checked below)
+    "dpo_above_its_run": ("dpo", ["the run folder it starts from"]),
+    "export_above_its_run": ("export", ["the run it exports"]),
+}
+
+
+@pytest.fixture(scope="module")
+def refused_results(small_data, good_run, tmp_path_factory):
+    """Every REFUSED case at once, each in a user folder of its own (they exit within seconds)."""
+    procs = {}
+    for case, (out, _) in REFUSED.items():
+        home = _users_folder(tmp_path_factory.mktemp(case), good_run, small_data)
+        (home / "runs" / "exp2" / "mine.txt").write_text("my results\n")
+        (home / "runs" / ".exp1.run-123.tmp").mkdir()  # another run's temporary folder
+        (home / "runs" / ".exp1.run-123.tmp" / "checkpoint.pt").write_bytes(b"theirs")
+        before = _tree(home)
+        if out == "dpo":
+            args = ["dpo", "--run", str(home / "runs" / "exp1"), "--out", str(home / "runs"),
+                    "--no-progress"]
+        elif out == "export":
+            args = ["export-hf", str(home / "runs" / "exp1"), str(home)]
+        elif case == "a_glob_pattern":
+            args = _args(home / "data.json", home / out, "--max-steps", "1")
+        else:
+            args = _args(home / "data.json", home / out)
+        procs[case] = (_start(args), home, before)
+    return {case: ((proc.wait(timeout=240), *proc.communicate()), home, before)
+            for case, (proc, home, before) in procs.items()}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_out_never_replaces_what_the_user_owns(refused_results, case):
+    result, home, before = refused_results[case]
+    after = _tree(home)
+    if case == "a_glob_pattern":  # taken literally: a run folder named '*', nothing else touched
+        assert result[0] == 0, result
+        assert {p.name for p in (home / "runs" / "*").iterdir()} == RUN_FILES
+        assert {k: v for k, v in after.items() if not k.startswith("runs/*/")} == before
+        return
+    _one_line_error(result, *REFUSED[case][1])
+    assert "Fine-tuning" not in result[1] and "DPO from" not in result[1]  # refused before any work
+    assert after == before  # every file of the user's, byte for byte, and nothing added
+    assert not [p.name for p in home.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("out", [".", "..", ""])
+def test_dot_dotdot_and_empty_out_are_one_line_before_training(small_data, out):
+    result = _run(_args(small_data, out))
+    _one_line_error(result, "--out", "name a folder")
+    assert "Fine-tuning" not in result[1]
+
+
+def test_an_earlier_run_folder_without_the_marker_is_still_a_run(small_data, old_run):
+    out, _ = old_run
+    (out / "ftlib-run.json").unlink()  # as ftlib wrote run folders before the marker
+    code, stdout, err = _run(_args(small_data, out))
+    assert code == 0, stdout + err
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+
+
+# --- resume after any ending; an interrupted rerun leaves the finished run (issue 25) --
+
+def _stop_at_a_checkpoint(small_data, out, how):
+    """Rerun into the finished run `out`; once the rerun has written a checkpoint, stop it
+    with `how` (a signal). Returns (exit status, stdout, stderr)."""
+    proc = _start(_args(small_data, out, "--max-steps", "80"))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list(out.parent.glob(".run.run-*.tmp/checkpoint.pt")):
+            break
+        time.sleep(0.01)
+    proc.send_signal(how)
+    stdout, err = proc.communicate(timeout=120)
+    return proc.returncode, stdout, err
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP", "SIGKILL"])
+def test_resume_after_any_ending_and_the_finished_run_stays(small_data, old_run, how):
+    out, before = old_run
+    code, stdout, err = _stop_at_a_checkpoint(small_data, out, getattr(signal, how))
+    assert "Traceback" not in stdout + err, err
+    assert _snapshot(out) == before  # the finished run, as it was
+    if how != "SIGKILL":  # stopped at the end of a step: the checkpoint kept beside the run
+        assert code == 130, (code, stdout, err)
+        kept = out.with_name(".run.interrupted") / "checkpoint.pt"
+        assert f"checkpoint saved to {kept}" in stdout, stdout
+        step = torch.load(kept, weights_only=False)["step"]
+    else:  # killed outright: its temporary folder, which the next run keeps
+        step = torch.load(next(out.parent.glob(".run.run-*.tmp/checkpoint.pt")), weights_only=False)["step"]
+    assert step > STEPS - 1  # the rerun's own checkpoint, not the finished run's
+
+    code, stdout, err = _run(_args(small_data, out, "--resume", "--max-steps", str(step + 2)))
+    assert code == 0, stdout + err
+    assert f"Resuming after step {step} (from {out.with_name('.run.interrupted') / 'checkpoint.pt'})" in stdout
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == step + 1
+    assert not _leftovers(out.parent)  # the kept checkpoint is gone once the run finished
+
+
+def test_a_plain_rerun_says_it_starts_over_from_a_kept_checkpoint(small_data, old_run):
+    out, _ = old_run
+    code, _, _ = _stop_at_a_checkpoint(small_data, out, signal.SIGTERM)
+    assert code == 130
+    code, stdout, err = _run(_args(small_data, out))
+    assert code == 0, stdout + err
+    assert "did not finish; this run starts over (add --resume" in stdout
+    assert not _leftovers(out.parent)
+
+
 # --- weight files: the culprit, and only the culprit, is deleted ---------------------
 
 @pytest.mark.parametrize("n_layer", [5, "2"])
