@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -125,9 +126,24 @@ def _report_error(exc):
         print(f"[rank {process}] error: {exc}", file=sys.stderr)
 
 
+def _import_torch_whole():
+    """Import torch with Ctrl-C (SIGINT) held back: an import cut in the middle leaves
+    torch half-made (a crash or a traceback instead of "Stopped."); a Ctrl-C pressed
+    meanwhile arrives right after. Unix only (elsewhere it is a plain import)."""
+    hold = getattr(signal, "pthread_sigmask", None)
+    if hold is not None:
+        hold(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        import torch  # noqa: F401
+    finally:
+        if hold is not None:
+            hold(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        _import_torch_whole()
         if args.command == "finetune":
             from ftlib.pipeline import finetune
 

@@ -34,6 +34,10 @@ from ftlib.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, GPT2_N_VOCAB, bundled_g
 # A file in every export folder: it marks the folder as ours, so a later export may
 # replace it, while any other non-empty folder is never overwritten.
 EXPORT_MARKER = "ftlib-export.json"
+# Everything an export writes (a test checks it is the whole folder): an earlier export
+# holding anything else is not replaced.
+EXPORT_FILES = {"config.json", "model.safetensors", "generation_config.json", "vocab.json", "merges.txt",
+                "tokenizer_config.json", "special_tokens_map.json", EXPORT_MARKER}
 
 
 def gpt_to_hf_state_dict(model):
@@ -200,6 +204,12 @@ def _check_out_dir(out_dir, source=None):
         raise FtlibError(
             f"export folder {out_dir} is not empty and is not an earlier export "
             f"(no {EXPORT_MARKER}); choose a new or empty folder")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in EXPORT_FILES)
+        if foreign:
+            raise FtlibError(
+                f"export folder {out_dir} holds {', '.join(map(repr, foreign[:3]))}, which an export "
+                "did not write; it is replaced whole, so move those files or choose another folder")
 
 
 def _replace_dir(new, target):

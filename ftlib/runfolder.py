@@ -3,8 +3,9 @@
 One way to write a run folder (`python -m ftlib finetune --out DIR`):
 
 1. `check_run_out(out, protected)`, before any work: `out` must be named (not `.`,
-   `..` or nothing), hold none of `protected` (the data, the run DPO starts from), the
-   repository or the home folder, not lie inside another run folder, and be new, empty
+   `..` or nothing), not be a symbolic link, hold none of `protected` (the data, the run
+   DPO starts from), the repository, the home folder or the current folder, not lie
+   inside another run folder, and be new, empty
    or an earlier run folder of ftlib's holding only files ftlib wrote there (listed in
    its marker, `ftlib-run.json`). Anything else is refused in one line.
 2. `prepare_run_folder(out)`: a lock beside it (`.DIR.lock`) keeps a second run out;
@@ -27,6 +28,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -80,7 +82,7 @@ class RunFolder:
         _write_marker(self.work, self.kind)
         _switch(self.work, self.out)
         self.committed = True
-        shutil.rmtree(_interrupted_dir(self.out), ignore_errors=True)
+        _remove_kept(self.out)
 
     def keep(self):
         """A run stopped before it finished: keep `work` (it holds a checkpoint) at
@@ -121,22 +123,41 @@ def _write_marker(folder, kind, finished=True):
                                         "files": sorted(set(files))})
 
 
-def _temporary(name):
-    """A temporary file of an atomic write (`.model.pth.x1y2.tmp`): ftlib's own."""
-    return name.startswith(".") and name.endswith(".tmp")
+# The random part tempfile gives a name (mkstemp, mkdtemp): 8 of these characters.
+_RANDOM = r"[a-z0-9_]{8}"
+
+
+def _temporary(name, known=()):
+    """Whether `name` is the temporary file of one of ftlib's atomic writes of a file
+    named in `known` (`.model.pth.x1y2z3w4.tmp`); anything else is the user's."""
+    found = re.fullmatch(rf"\.(.+)\.{_RANDOM}\.tmp", name)
+    return bool(found) and found.group(1) in {*known, *LEGACY_FILES, MARKER}
 
 
 def _interrupted_dir(out):
     return out.with_name(f".{out.name}.interrupted")
 
 
-def _beside(out, prefix, suffix=""):
-    """The folders beside `out` named `.NAME{prefix}...{suffix}`, names taken literally
-    (an --out of 'runs/*' matches nothing but itself)."""
-    start = f".{out.name}{prefix}"
+def _remove_kept(out):
+    """Remove the checkpoint folder an interrupted run of `out` kept (superseded), if it
+    is ftlib's (it holds the marker; a folder of the user's by that name stays)."""
+    kept = _interrupted_dir(out)
+    if (kept / MARKER).is_file() and not kept.is_symlink():
+        shutil.rmtree(kept, ignore_errors=True)
+
+
+# The folders ftlib makes beside `out`: its temporary folder (mkdtemp) and the old `out`
+# renamed aside during a switch (the process id); matched exactly, nothing else.
+_WORK, _OLD = rf"\.run-{_RANDOM}\.tmp", r"\.old-[0-9]+"
+
+
+def _beside(out, pattern):
+    """The folders beside `out` named `.NAME` + `pattern` (a regular expression; NAME
+    taken literally, so an --out of 'runs/*' matches nothing but its own)."""
+    start = f".{out.name}"
     try:
-        return sorted(p for p in out.parent.iterdir()
-                      if p.name.startswith(start) and p.name.endswith(suffix) and p.is_dir())
+        return sorted(p for p in out.parent.iterdir() if p.name.startswith(start)
+                      and re.fullmatch(pattern, p.name[len(start):]) and p.is_dir() and not p.is_symlink())
     except OSError:
         return []
 
@@ -149,7 +170,7 @@ def resume_checkpoint(out):
     Not in a notebook: used by `finetune`.
     """
     out = Path(out)
-    kept = [d / "checkpoint.pt" for d in [_interrupted_dir(out), *_beside(out, ".run-", ".tmp")]]
+    kept = [d / "checkpoint.pt" for d in [_interrupted_dir(out), *_beside(out, _WORK)]]
     kept = [path for path in kept if path.is_file()]
     if kept:
         return max(kept, key=lambda path: path.stat().st_mtime)
@@ -159,8 +180,9 @@ def resume_checkpoint(out):
 
 def check_out_path(out, protected=(), option="--out"):
     """ConfigError (one line) unless `out` may be replaced whole: named (not '', '.' or
-    '..'), not a file, holding none of `protected` ((what, path) pairs), the repository
-    or the home folder, and not inside a run folder.
+    '..'), not a symbolic link or a file, holding none of `protected` ((what, path)
+    pairs), the repository, the home folder or the current folder, and not inside a
+    run folder.
 
     Not in a notebook: called by `finetune`, `dpo` and `export-hf` before any work.
     """
@@ -169,10 +191,14 @@ def check_out_path(out, protected=(), option="--out"):
     if not raw.strip() or out.name in ("", ".", ".."):
         raise ConfigError(f"{option} {raw!r}: name a folder of its own for the run, e.g. runs/latest "
                           "(it is replaced whole, so not '.', '..' or nothing)")
+    if out.is_symlink():  # replacing it would replace the link, not the folder it names
+        raise ConfigError(f"{option} {out}: is a symbolic link (to {os.readlink(out)}); "
+                          "give the folder itself")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{option} {out}: is a file, not a folder")
     where = out.resolve()
-    for what, path in [*protected, ("the repository", REPOSITORY), ("your home folder", Path.home())]:
+    for what, path in [*protected, ("the repository", REPOSITORY), ("your home folder", Path.home()),
+                       ("the current folder", Path.cwd())]:
         if path is None or not str(path):
             continue
         path = Path(path).resolve()
@@ -180,7 +206,7 @@ def check_out_path(out, protected=(), option="--out"):
             raise ConfigError(f"{option} {out}: would hold {what} ({path}), and it is replaced whole; "
                               f"choose a folder of its own, e.g. {out.name or 'runs'}/latest")
     for parent in where.parents:
-        if (parent / MARKER).is_file():
+        if (parent / MARKER).is_file() or (parent.is_dir() and _legacy_run(parent, _names(parent))):
             raise ConfigError(f"{option} {out}: is inside the run folder {parent}; choose a folder outside it")
 
 
@@ -193,13 +219,17 @@ def check_run_out(out, protected=()):
     """
     out = Path(out)
     check_out_path(out, protected)
+    kept = _interrupted_dir(out)
+    if kept.exists() and not (kept / MARKER).is_file():
+        raise ConfigError(f"--out {out}: the folder {kept} beside it is not ftlib's, but ftlib keeps "
+                          "an interrupted run's checkpoint there; move it or choose another --out")
     if not out.is_dir():
         return
     try:
         names = [p.name for p in out.iterdir()]
     except OSError as exc:
         raise ConfigError(f"--out {out}: cannot be read ({exc.strerror or exc})") from None
-    names = [name for name in names if not _temporary(name)]
+    names = [name for name in names if not (_temporary(name) and (out / name).is_file())]
     if not names:
         return
     if MARKER in names:
@@ -219,12 +249,21 @@ def check_run_out(out, protected=()):
                           "a run folder is replaced whole, so move those files or choose another --out")
 
 
+def _names(folder):
+    try:
+        return sorted(p.name for p in folder.iterdir())
+    except OSError:
+        return []
+
+
 def _legacy_run(out, names):
     """Whether `out` looks like a run folder of an ftlib from before the marker: a
     config.json with the model's config (as finetune and dpo wrote it), or only the
     checkpoint an interrupted run left."""
     if names == ["checkpoint.pt"]:
         return True
+    if "model.pth" not in names and "checkpoint.pt" not in names:
+        return False
     try:
         config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -300,12 +339,12 @@ def _recover(out):
     temporary files inside `out`. Returns a line for each checkpoint kept."""
     notes = []
     for place in (out, _interrupted_dir(out)):
-        for old in _beside(place, ".old-"):
+        for old in _beside(place, _OLD):
             if not place.exists():
                 os.rename(old, place)
             else:
                 shutil.rmtree(old, ignore_errors=True)
-    works = _beside(out, ".run-", ".tmp")
+    works = _beside(out, _WORK)
     with_checkpoint = sorted((w for w in works if (w / "checkpoint.pt").is_file()),
                              key=lambda w: (w / "checkpoint.pt").stat().st_mtime)
     for work in works:
@@ -315,7 +354,7 @@ def _recover(out):
         place = _interrupted_dir(out) if (out / "model.pth").exists() else out
         _write_marker(work, "finetune", finished=False)
         if place == out:  # an older kept checkpoint is superseded by this one
-            shutil.rmtree(_interrupted_dir(out), ignore_errors=True)
+            _remove_kept(out)
         _switch(work, place)
         notes.append(f"A run into {out} was killed before it finished; its checkpoint is kept "
                      f"at {place / 'checkpoint.pt'} (--resume continues from it)")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ftlib.errors import ConfigError, FtlibError
-from ftlib.export import EXPORT_MARKER, export_hf, gpt_to_hf_state_dict, main_export
+from ftlib.export import EXPORT_FILES, EXPORT_MARKER, export_hf, gpt_to_hf_state_dict, main_export
 from ftlib.generate import generate
 from ftlib.lora import add_lora
 from ftlib.model import GPTModel, TINY_CONFIG
@@ -166,18 +166,20 @@ def test_export_files_and_reexport(tmp_path):
     lines = []
     out = main_export(run, tmp_path / "hf", log=lines.append)
     names = {p.name for p in out.iterdir()}
-    assert names == {"config.json", "model.safetensors", "generation_config.json", "vocab.json",
-                     "merges.txt", "tokenizer_config.json", "special_tokens_map.json", EXPORT_MARKER}
+    assert names == EXPORT_FILES == {"config.json", "model.safetensors", "generation_config.json", "vocab.json",
+                                     "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                                     EXPORT_MARKER}
     assert "separate from" in lines[0]
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
     assert tok_cfg["model_max_length"] == 64 and tok_cfg["eos_token"] == "<|endoftext|>"
     assert (out / "merges.txt").read_text(encoding="utf-8").startswith("#version: 0.2\n")
     assert len(json.loads((out / "vocab.json").read_text(encoding="utf-8"))) == 50257
 
-    # An earlier export is replaced; nothing is left beside it.
-    (out / "stale.txt").write_text("from an older export")
+    # An earlier export is replaced (a file of someone else's in it is refused: see below);
+    # nothing is left beside it.
+    (out / "config.json").write_text("from an older export")
     export_hf(run, out)
-    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "gpt2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]
     # An empty folder is fine too.
     (tmp_path / "empty").mkdir()
@@ -197,10 +199,16 @@ def test_export_refuses_to_overwrite_other_folders(tmp_path):
         export_hf(run, run)  # the run folder itself
     with pytest.raises(FtlibError, match="would hold the run it exports"):
         export_hf(run, tmp_path)  # a folder holding it
+    export_hf(run, tmp_path / "hf")  # an earlier export, and a file of the user's put in it
+    (tmp_path / "hf" / "mine.txt").write_text("mine")
+    with pytest.raises(FtlibError, match="'mine.txt', which an export did not write"):
+        export_hf(run, tmp_path / "hf")
+    assert (tmp_path / "hf" / "mine.txt").read_text() == "mine"
+    assert {p.name for p in (tmp_path / "hf").iterdir()} == EXPORT_FILES | {"mine.txt"}
     (tmp_path / "afile").write_text("x")
     with pytest.raises(FtlibError, match="is a file"):
         export_hf(run, tmp_path / "afile")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "hf", "mine", "run"]
 
 
 def test_bad_run_folders_raise_ftlib_errors(tmp_path):

@@ -46,7 +46,8 @@ def _env():
 
 
 def _start(args, **popen):
-    return subprocess.Popen([sys.executable, "-m", "ftlib", *args], cwd=ROOT, env=_env(),
+    popen.setdefault("cwd", ROOT)
+    return subprocess.Popen([sys.executable, "-m", "ftlib", *args], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -253,7 +254,7 @@ def test_kill_9_during_a_checkpoint_then_resume_cleans_up(small_data, old_run):
     proc.communicate(timeout=60)
     assert _snapshot(out) == before
     assert list(out.parent.glob(".run.run-*.tmp")), "the killed run left its temporary folder"
-    (out / ".model.pth.abcd.tmp").write_bytes(b"x" * 1000)  # as an older ftlib left them
+    (out / ".model.pth.abcd1234.tmp").write_bytes(b"x" * 1000)  # as a killed atomic write leaves them (mkstemp: 8 random characters)
 
     code, stdout, err = _run(_args(small_data, out, "--resume", "--max-steps", str(STEPS + 1)))
     assert code == 0, stdout + err
@@ -310,13 +311,25 @@ def _tree(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _small_run(good_run, folder, marker=True):
+    """A run folder as `finetune` leaves it, with stand-ins for the weights (every case
+    here is refused before a model is read: copying 100 MB per case would be the test)."""
+    folder.mkdir(parents=True)
+    for name in ("config.json", "metrics.json", *(["ftlib-run.json"] if marker else [])):
+        shutil.copy(good_run / name, folder / name)
+    for name in ("model.pth", "checkpoint.pt"):
+        (folder / name).write_bytes(b"weights")
+    return folder
+
+
 def _users_folder(tmp_path, good_run, small_data):
-    """A folder of the user's: notes, two runs of their own, and the data file."""
+    """A folder of the user's: notes, runs of their own, and the data file."""
     home = tmp_path / "mine"
     (home / "notes").mkdir(parents=True)
     (home / "notes" / "todo.txt").write_text("buy milk\n")
-    for name in ("exp1", "exp2"):
-        shutil.copytree(good_run, home / "runs" / name)
+    for name in ("exp1", "exp2", "exp3"):
+        _small_run(good_run, home / "runs" / name)
+    _small_run(good_run, home / "legacy", marker=False)  # as ftlib wrote run folders before the marker
     shutil.copy(small_data, home / "data.json")
     return home
 
@@ -331,6 +344,14 @@ REFUSED = {  # case -> (--out relative to the user's folder, or the dpo/export c
     "a_glob_pattern": ("runs/*", []),  # literal: a new folder named '*' (checked below)
     "dpo_above_its_run": ("dpo", ["the run folder it starts from"]),
     "export_above_its_run": ("export", ["the run it exports"]),
+    # found by a red-team pass
+    "a_hidden_tmp_folder_of_the_users": ("hidden", ["not an ftlib run folder"]),
+    "a_tmp_file_of_the_users_in_a_run": ("runs/exp3", ["'.draft.tmp'", "did not write"]),
+    "a_symlink_to_a_folder": ("link", ["symbolic link"]),
+    "a_dangling_symlink": ("dangling", ["symbolic link"]),
+    "inside_a_run_without_the_marker": ("legacy/sub", ["inside the run folder"]),
+    "the_current_folder_by_its_path": ("cwd", ["the current folder"]),
+    "a_folder_of_the_users_named_like_a_kept_checkpoint": ("runs/exp1", ["is not ftlib's"]),
 }
 
 
@@ -343,7 +364,17 @@ def refused_results(small_data, good_run, tmp_path_factory):
         (home / "runs" / "exp2" / "mine.txt").write_text("my results\n")
         (home / "runs" / ".exp1.run-123.tmp").mkdir()  # another run's temporary folder
         (home / "runs" / ".exp1.run-123.tmp" / "checkpoint.pt").write_bytes(b"theirs")
+        (home / "hidden" / ".backup.tmp").mkdir(parents=True)
+        (home / "hidden" / ".backup.tmp" / "thesis.tex").write_text("years of work\n")
+        (home / "runs" / "exp3" / ".draft.tmp").write_text("a draft\n")
+        (home / "link").symlink_to(home / "notes")
+        (home / "dangling").symlink_to(home / "nowhere")
+        (home / "empty").mkdir()
+        if case == "a_folder_of_the_users_named_like_a_kept_checkpoint":
+            (home / "runs" / ".exp1.interrupted").mkdir()
+            (home / "runs" / ".exp1.interrupted" / "mine.txt").write_text("mine\n")
         before = _tree(home)
+        cwd = ROOT
         if out == "dpo":
             args = ["dpo", "--run", str(home / "runs" / "exp1"), "--out", str(home / "runs"),
                     "--no-progress"]
@@ -351,9 +382,12 @@ def refused_results(small_data, good_run, tmp_path_factory):
             args = ["export-hf", str(home / "runs" / "exp1"), str(home)]
         elif case == "a_glob_pattern":
             args = _args(home / "data.json", home / out, "--max-steps", "1")
+        elif out == "cwd":  # an empty folder, the current one, by its absolute path
+            cwd = home / "empty"
+            args = _args(home / "data.json", cwd)
         else:
             args = _args(home / "data.json", home / out)
-        procs[case] = (_start(args), home, before)
+        procs[case] = (_start(args, cwd=cwd), home, before)
     return {case: ((proc.wait(timeout=240), *proc.communicate()), home, before)
             for case, (proc, home, before) in procs.items()}
 
@@ -371,6 +405,7 @@ def test_out_never_replaces_what_the_user_owns(refused_results, case):
     assert "Fine-tuning" not in result[1] and "DPO from" not in result[1]  # refused before any work
     assert after == before  # every file of the user's, byte for byte, and nothing added
     assert not [p.name for p in home.iterdir() if p.name.startswith(".")]
+    assert (home / "link").is_symlink() and (home / "dangling").is_symlink() and (home / "empty").is_dir()
 
 
 @pytest.mark.parametrize("out", [".", "..", ""])
@@ -378,6 +413,19 @@ def test_dot_dotdot_and_empty_out_are_one_line_before_training(small_data, out):
     result = _run(_args(small_data, out))
     _one_line_error(result, "--out", "name a folder")
     assert "Fine-tuning" not in result[1]
+
+
+def test_ctrl_c_while_torch_is_imported_is_stopped_not_a_traceback(small_data, tmp_path):
+    """A red-team pass found a crash, a traceback or an ignored Ctrl-C when it came
+    during `import torch` (0.1 to 0.8 s after the start); now it is held until then."""
+    for delay in (0.2, 0.5):
+        proc = _start(_args(small_data, tmp_path / "run"))
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "Traceback" not in out + err, (delay, proc.returncode, err)
+        assert err.strip().splitlines()[-1] == "Stopped."
+        assert not (tmp_path / "run").exists()
 
 
 def test_an_earlier_run_folder_without_the_marker_is_still_a_run(small_data, old_run):
