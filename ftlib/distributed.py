@@ -155,13 +155,6 @@ def is_main_process():
     return rank() == 0
 
 
-def barrier():
-    """Wait until every process gets here (nothing to wait for in a single process).
-    """
-    if is_distributed():
-        dist.barrier()
-
-
 def all_reduce_sum(values, device):
     """Sum a list of numbers over all processes; every process gets the sums (floats).
 

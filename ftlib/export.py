@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ftlib.errors import ConfigError, FtlibError
+from ftlib.fileio import current_umask
 from ftlib.gpt2_names import gpt_to_params, params_to_hf_state_dict
 from ftlib.lora import has_lora
 from ftlib.modelfiles import load_run_model
@@ -174,7 +175,7 @@ def save_hf_model(model, out_dir, source=None):
         }
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; give the usual permissions
         _replace_dir(tmp, out_dir)
     except (OSError, SafetensorError) as exc:  # e.g. the disk is full
         shutil.rmtree(tmp, ignore_errors=True)
@@ -184,11 +185,6 @@ def save_hf_model(model, out_dir, source=None):
         raise
     return out_dir
 
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_out_dir(out_dir, source=None):

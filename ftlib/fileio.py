@@ -14,7 +14,9 @@ import tempfile
 from pathlib import Path
 
 
-def _umask():
+def current_umask():
+    """The process's umask (read by setting it and putting it back): temporary files and
+    folders are made private, then given the permissions a plain file or folder gets."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -31,7 +33,7 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual permissions
     try:
         yield Path(tmp)
         os.replace(tmp, path)

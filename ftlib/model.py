@@ -169,6 +169,13 @@ class MultiHeadAttention(nn.Module):
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The book's MultiHeadAttention keeps its causal mask as a buffer, so a state_dict
+        # saved with the book's code holds `...att.mask`. Here the mask is made when needed,
+        # not stored: drop it, so a model.pth of the book's loads as it is.
+        state_dict.pop(prefix + "mask", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _heads(self, x):
         b, t, _ = x.shape
         # (b, t, d_out) -> (b, num_heads, t, head_dim)

@@ -40,6 +40,7 @@ except ImportError:  # Windows: the `filelock` package (a dependency of torch) l
     fcntl = None
 
 from ftlib.errors import ConfigError, FtlibError
+from ftlib.fileio import current_umask
 
 MARKER = "ftlib-run.json"  # in every run folder: what ftlib wrote there
 # What run folders held before the marker: such a folder is still taken as a run.
@@ -53,11 +54,6 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES,
                   errno.EPERM, errno.EIO, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
 
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class RunFolder:
@@ -288,7 +284,7 @@ def _lock(out):
     if fcntl is None:
         return _lock_with_filelock(out, path)
     for _ in range(3):  # the holder may remove the file between our open and our lock
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -387,7 +383,7 @@ def prepare_run_folder(out, protected=(), kind="finetune", log=None):
         for note in _recover(out):
             (log or print)(note)
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.run-", suffix=".tmp", dir=out.parent))
-        os.chmod(work, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
+        os.chmod(work, 0o777 & ~current_umask())  # mkdtemp makes 0700; give the usual permissions
     except OSError as exc:
         unlock()
         raise ConfigError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None

@@ -60,3 +60,23 @@ def test_read_torch_file_names_the_file_in_every_error(tmp_path):
 
     torch.save({"w": torch.arange(3)}, path)
     assert torch.equal(read_torch_file(path)["w"], torch.arange(3))
+
+
+def test_a_state_dict_saved_with_the_books_code_loads(tmp_path):
+    """The book's MultiHeadAttention registers its causal mask as a buffer, so the
+    model.pth its code saves holds `trf_blocks.N.att.mask` too; GPTModel makes the mask
+    when needed and takes such a file as it is (strict loading, the same weights)."""
+    saved = _tiny_model(seed=1)
+    books = dict(saved.state_dict())
+    n = TINY["context_length"]
+    for i in range(TINY["n_layers"]):  # as the book's register_buffer("mask", ...) saves it
+        books[f"trf_blocks.{i}.att.mask"] = torch.triu(torch.ones(n, n), diagonal=1)
+    torch.save(books, tmp_path / "books-model.pth")
+
+    loaded = load_model_state(_tiny_model(seed=2), tmp_path / "books-model.pth")
+    assert loaded.state_dict().keys() == saved.state_dict().keys()
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    torch.save({**books, "trf_blocks.0.att.extra": torch.ones(1)}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match="do not fit"):  # any other extra key still fails
+        load_model_state(_tiny_model(), tmp_path / "other.pth")
