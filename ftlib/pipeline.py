@@ -352,7 +352,8 @@ def _check_run(config, n_proc, device, log):
     if checkpoint is not None and not config.resume and (
             checkpoint.parent != config.out or not (config.out / "model.pth").exists()):
         log(f"Note: {checkpoint} is the checkpoint of a run into {config.out} that did not finish; "
-            "this run starts over (add --resume to continue that one) and replaces it when it finishes")
+            "this run starts over (add --resume to continue that one), and its own checkpoint or "
+            "finished run then takes that one's place")
     device = device or get_device(config.device)
     dataset_name, data = load_data(config, log)
     train, test, val = split_for_training(config, data)

@@ -331,8 +331,9 @@ def _recover(out):
     """Clean up after a run that was killed (we hold the lock, so no other run owns
     what it left): put back an old `out` renamed aside just before a switch (or remove
     it if the switch happened), keep the temporary folder of a killed run that holds a
-    checkpoint (`_keep_killed`; the newest wins) and remove the others, and remove
-    temporary files inside `out`. Returns a line for each checkpoint kept."""
+    checkpoint where a stopped run keeps its own (see `RunFolder.keep`; of several, the
+    newest) and remove the others, and remove ftlib's temporary files inside `out`.
+    Returns a line for each checkpoint kept."""
     notes = []
     for place in (out, _interrupted_dir(out)):
         for old in _beside(place, _OLD):
