@@ -1,6 +1,8 @@
 """Small things several test modules share (plain functions; fixtures live in conftest.py)."""
 
 import random
+import socket
+import threading
 
 # What a finished run of `python -m ftlib finetune` leaves in its folder.
 RUN_FILES = {"config.json", "loss-plot.png", "test-responses.json", "metrics.json", "ftlib-run.json",
@@ -39,3 +41,57 @@ def varied_items(n, seed=0):
     """Like `toy_items`, with lengths that vary more (prompts 3-12, responses 1-9), so
     batches and micro-batches differ in how many targets they hold."""
     return toy_items(n, seed, prompt_lengths=(3, 12), response_lengths=(1, 9))
+
+
+# --- a misbehaving HTTP server on 127.0.0.1 (tests/test_faults*.py) -------------------
+
+def read_request_head(conn):
+    """Read one request's line and headers (and a Content-Length body); returns the head."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length and (chunk := conn.recv(65536)):
+        body += chunk
+    return head
+
+
+class RawServer:
+    """An HTTP server on 127.0.0.1 that answers each connection with
+    `reply(conn, stop)`: whatever bytes it writes. `.heads` keeps each request's head."""
+
+    def __init__(self, reply):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.reply, self.stop, self.heads = reply, threading.Event(), []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    self.heads.append(read_request_head(conn))
+                    self.reply(conn, self.stop)
+                    conn.shutdown(socket.SHUT_WR)
+                except OSError:  # the client gave up: what these servers are for
+                    pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()

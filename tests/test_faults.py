@@ -13,10 +13,8 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +24,7 @@ import pytest
 import torch
 
 from ftlib.errors import ConfigError, DownloadError, FtlibError
-from helpers import RUN_FILES
+from helpers import RUN_FILES, RawServer
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 4  # the finished run every "nothing replaced" case starts from
@@ -527,56 +525,6 @@ def test_safetensors_with_unexpected_keys_names_the_file(tmp_path):
 
 
 # --- HTTP servers on 127.0.0.1 that misbehave on purpose ------------------------------
-
-def _read_request(conn):
-    """Read one HTTP request (headers and a Content-Length body); its content does not matter."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
-    while len(body) < length:
-        body += conn.recv(65536) or b"x" * length
-
-
-class RawServer:
-    """Answers each connection with `reply(conn)` (it writes what it likes), on 127.0.0.1."""
-
-    def __init__(self, reply):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.reply, self.stop = reply, threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                try:
-                    _read_request(conn)  # all of it: unread bytes would make close() a reset
-                    self.reply(conn, self.stop)
-                    conn.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
-
 
 def _trickle(header):
     def reply(conn, stop):

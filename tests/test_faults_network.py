@@ -13,7 +13,6 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,6 +24,7 @@ from ftlib import serve
 from ftlib.download import download_file
 from ftlib.errors import DownloadError, FtlibError
 from ftlib.judge import query_model
+from helpers import RawServer
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 1.0  # seconds: every deadline here
@@ -34,58 +34,6 @@ LATE = 0.8      # how much later than its deadline a failure may come, on a busy
 def _assert_took_the_deadline(started):
     took = time.monotonic() - started
     assert DEADLINE - 0.05 <= took <= DEADLINE + LATE, f"took {took:.2f} s"
-
-
-def _read_head(conn):
-    """Read one request's line and headers (and a Content-Length body); returns the head."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
-    while len(body) < length and (chunk := conn.recv(65536)):
-        body += chunk
-    return head
-
-
-class RawServer:
-    """An HTTP server on 127.0.0.1 that answers each connection with
-    `reply(conn, stop)`: whatever bytes it writes. `.heads` keeps each request's head."""
-
-    def __init__(self, reply):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.reply, self.stop, self.heads = reply, threading.Event(), []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(5)
-                try:
-                    self.heads.append(_read_head(conn))
-                    self.reply(conn, self.stop)
-                    conn.shutdown(socket.SHUT_WR)
-                except OSError:  # the client gave up: what these servers are for
-                    pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
 
 
 def trickle(slow, fast=b"", every=0.1):
