@@ -41,8 +41,8 @@ from common import (Clock, chapter_loader, chapter_optimizer, chapter_train,  # 
                     count_targets, format_table, ftlib_loader, load_items, machine_line,
                     median, run_train_model, token_loss)
 
-from ftlib.model import GPTModel, get_config  # noqa: E402
-from ftlib.trainer import make_optimizer  # noqa: E402
+from ftlib.model.gpt import GPTModel, get_config  # noqa: E402
+from ftlib.training.loop import make_optimizer  # noqa: E402
 
 # Per model: the settings both loops share, and the benchmark's sizes.
 # - tiny: `make finetune`'s batch size and learning rate (random init learns at 1e-3);

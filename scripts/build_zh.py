@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ftlib.fileio import atomic_write_text  # noqa: E402
+from ftlib.plumbing.fileio import atomic_write_text  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 ZH = NOTEBOOKS / "zh"

@@ -495,7 +495,7 @@ def main(argv=None):
         print(f"{args.out} is up to date")
         return 0
     sys.path.insert(0, str(REPO_ROOT))
-    from ftlib.fileio import atomic_write_text
+    from ftlib.plumbing.fileio import atomic_write_text
 
     atomic_write_text(args.out, text)
     print(f"wrote {len(text.splitlines())} lines to {args.out}")

@@ -2,7 +2,7 @@
 
 Every instruction entry, in the same order (so `split_data` gives the same
 training, test and validation entries), gets a chosen and a rejected response
-(`ftlib.dpo.make_preference_pair`): a full sentence, "The answer is Bucharest.",
+(`ftlib.training.dpo.make_preference_pair`): a full sentence, "The answer is Bucharest.",
 and the bare answer that instruction fine-tuning taught, "Bucharest".
 
     python scripts/make_preference_data.py
@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data  # noqa: E402
-from ftlib.dpo import PREFERENCE_DATA_PATH, make_preference_pair  # noqa: E402
-from ftlib.fileio import atomic_write_json  # noqa: E402
+from ftlib.data.instructions import BUNDLED_DATA_PATH, load_instruction_data  # noqa: E402
+from ftlib.training.dpo import PREFERENCE_DATA_PATH, make_preference_pair  # noqa: E402
+from ftlib.plumbing.fileio import atomic_write_json  # noqa: E402
 
 
 def main():

@@ -521,7 +521,7 @@ def main(argv=None):
             print("pretraining corpus and pretraining-only test set are up to date")
         return 1 if stale else 0
     sys.path.insert(0, str(REPO_ROOT))
-    from ftlib.fileio import atomic_write_text
+    from ftlib.plumbing.fileio import atomic_write_text
 
     for path, text in outputs.items():
         atomic_write_text(path, text)

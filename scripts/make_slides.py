@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ftlib.download import download_file  # noqa: E402
-from ftlib.fileio import atomic_write_text  # noqa: E402
+from ftlib.plumbing.download import download_file  # noqa: E402
+from ftlib.plumbing.fileio import atomic_write_text  # noqa: E402
 
 CACHE = ROOT / ".cache" / "vendor"
 VENDOR = {  # package: (version, sha256 of the npm tarball)

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ftlib.fileio import atomic_path  # noqa: E402
+from ftlib.plumbing.fileio import atomic_path  # noqa: E402
 
 NOTEBOOKS = ROOT / "notebooks"
 INSTRUCTOR_ONLY = {"exercise_solutions.ipynb", "answer_keys.ipynb"}

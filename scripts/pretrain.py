@@ -17,11 +17,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from ftlib.model import TINY_BASE_CONFIG  # noqa: E402
-from ftlib.pretrain import (BASE_MODEL_DIR, CORPUS_PATH,  # noqa: E402
-                            PRETRAIN_SETTINGS, corpus_sha256, corpus_token_ids,
-                            fact_completion, new_base_model, pretrain, save_base_model)
-from ftlib.tokenizer import get_gpt2_tokenizer  # noqa: E402
+from ftlib.model.gpt import TINY_BASE_CONFIG  # noqa: E402
+from ftlib.model.base import BASE_MODEL_DIR, save_base_model  # noqa: E402
+from ftlib.training.pretrain import (CORPUS_PATH, PRETRAIN_SETTINGS, corpus_sha256,  # noqa: E402
+                                     corpus_token_ids, fact_completion, new_base_model, pretrain)
+from ftlib.data.tokenizer import get_gpt2_tokenizer  # noqa: E402
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data
+from ftlib.data.instructions import BUNDLED_DATA_PATH, load_instruction_data
 
 
 @pytest.fixture

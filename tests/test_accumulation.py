@@ -4,13 +4,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ftlib.batching import EpochSampler
-from ftlib.collate import instruction_collate_fn
-from ftlib.model import GPTModel
-from ftlib.packing import pack_collate_fn
-from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.trainer import (TrainingDiverged, accumulate_gradients, batch_loss,
-                           compile_model, make_optimizer, padding_tokens, train_model)
+from ftlib.data.batching import EpochSampler
+from ftlib.data.collate import instruction_collate_fn
+from ftlib.model.gpt import GPTModel
+from ftlib.data.packing import pack_collate_fn
+from ftlib.classroom.toy_checkpoint import TOY_CONFIG
+from ftlib.training.loop import (TrainHistory, TrainingDiverged, accumulate_gradients, batch_loss, compile_model, make_optimizer, padding_tokens)
 from helpers import varied_items
 
 
@@ -95,21 +94,32 @@ def test_the_mean_of_micro_batch_means_is_off():
 
 
 def _train(batch_size, accumulation_steps, items, epochs=2):
+    """Steps of `accumulation_steps` micro-batches of `batch_size` (`train_model` itself
+    takes one batch per step); returns the model and the padding meter."""
     model = new_model()
-    loader = DataLoader(items, batch_size=batch_size, collate_fn=collate,
-                        sampler=EpochSampler(len(items), seed=7), drop_last=True)
+    sampler = EpochSampler(len(items), seed=7)
+    loader = DataLoader(items, batch_size=batch_size, collate_fn=collate, sampler=sampler, drop_last=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    history = train_model(model, loader, loader, optimizer, "cpu", epochs, eval_freq=100,
-                          eval_iter=1, progress=False, log=lambda *a: None,
-                          accumulation_steps=accumulation_steps)
-    return model, history
+    meter, steps = TrainHistory(), 0
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        batches = list(loader)
+        for start in range(0, len(batches), accumulation_steps):
+            micro_batches = batches[start:start + accumulation_steps]
+            for batch in micro_batches:
+                meter.count(batch, "cpu", ddp=False)
+            optimizer.zero_grad()
+            accumulate_gradients(micro_batches, model, "cpu")
+            optimizer.step()
+            steps += 1
+    return model, meter, steps
 
 
 def test_training_with_accumulation_reaches_the_same_weights():
     items = varied_items(16, seed=4)
-    big, big_stats = _train(8, 1, items)
-    small, small_stats = _train(2, 4, items)
-    assert big_stats.steps == small_stats.steps == 4
+    big, big_stats, big_steps = _train(8, 1, items)
+    small, small_stats, small_steps = _train(2, 4, items)
+    assert big_steps == small_steps == 4
     assert big_stats.target_tokens == small_stats.target_tokens
     for a, b in zip(big.parameters(), small.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

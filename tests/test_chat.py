@@ -4,12 +4,12 @@ answers end; the chat box answers a question through its send button."""
 import pytest
 import torch
 
-from ftlib.chat import chat_box, chat_reply
-from ftlib.data import format_input
-from ftlib.generate import generate, generate_stream, text_to_token_ids, token_ids_to_text
-from ftlib.model import GPTModel, get_config
-from ftlib.responses import extract_response
-from ftlib.tokenizer import END_OF_TEXT_ID, get_gpt2_tokenizer
+from ftlib.classroom.chat import chat_box, chat_reply
+from ftlib.data.instructions import format_input
+from ftlib.model.generate import generate, generate_stream, text_to_token_ids, token_ids_to_text
+from ftlib.model.gpt import GPTModel, get_config
+from ftlib.evaluation.responses import extract_response
+from ftlib.data.tokenizer import END_OF_TEXT_ID, get_gpt2_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ class StopAfterAnswer:
 
 def test_chat_reply_stops_when_the_model_starts_a_new_prompt(tokenizer, monkeypatch):
     fake = StopAfterAnswer(tokenizer)
-    monkeypatch.setattr("ftlib.chat.generate_stream", lambda *a, **k: iter(fake.ids))
+    monkeypatch.setattr("ftlib.classroom.chat.generate_stream", lambda *a, **k: iter(fake.ids))
     answers = list(chat_reply(fake, tokenizer, "Capital of France?"))
     assert answers[-1] == "Paris."
     assert len(answers) < len(fake.ids)  # stopped at "### Instruction:", not at the end

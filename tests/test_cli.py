@@ -125,7 +125,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resuming_reaches_the_same_weights(small_d
 
 
 def test_finetune_from_python_takes_a_run_config(small_data, tmp_path):
-    from ftlib.errors import ConfigError
+    from ftlib.plumbing.errors import ConfigError
     from ftlib.pipeline import RunConfig, finetune
 
     lines = []
@@ -142,22 +142,15 @@ def test_finetune_from_python_takes_a_run_config(small_data, tmp_path):
         finetune(RunConfig(epochs="many"))
 
 
-def test_runs_in_one_process_answer_before_training_once(small_data, tmp_path, monkeypatch):
-    # the base starts every run from the same weights (LoRA too: B = 0), so the answers
-    # before training are generated once and reused by later runs with the same prompts
-    import ftlib.responses
+def test_runs_from_the_base_answer_alike_before_training_lora_too(small_data, tmp_path):
+    # the base starts every run from the same weights, and LoRA changes nothing before
+    # training (B = 0): a LoRA run's answers before training are the full run's
     from ftlib import pipeline
 
-    calls = []
-    real = ftlib.responses.generate_responses
-    monkeypatch.setattr(ftlib.responses, "generate_responses",
-                        lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
-    monkeypatch.setattr(pipeline, "_BEFORE", {})
     settings = dict(data=small_data, max_steps=1, batch_size=4, max_new_tokens=3, progress=False)
     first = pipeline.finetune(pipeline.RunConfig(out=tmp_path / "a", **settings), log=None)
-    assert len(calls) == 2  # before and after
     lora = pipeline.finetune(pipeline.RunConfig(out=tmp_path / "b", lora_rank=2, **settings), log=None)
-    assert len(calls) == 3 and lora["before"] == first["before"]  # only after
+    assert lora["before"] == first["before"]
     responses = json.loads((tmp_path / "b" / "test-responses.json").read_text())
     first_responses = json.loads((tmp_path / "a" / "test-responses.json").read_text())
     assert [r["model_response_before"] for r in responses] == [r["model_response_before"] for r in first_responses]
@@ -172,3 +165,150 @@ def test_help_does_not_import_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+# --- the options are made from the configs' fields ----------------------------------
+
+def _subparser(name):
+    import argparse
+
+    from ftlib.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+@pytest.mark.parametrize("command,config_class", [("finetune", "RunConfig"), ("dpo", "DPOConfig")])
+def test_every_config_field_has_a_flag_with_help_and_its_default(command, config_class):
+    import dataclasses
+
+    import ftlib.config
+    from ftlib.config import option
+
+    parser = _subparser(command)
+    parser.format_help()  # no stray % in a help text
+    lacking = []
+    for f in dataclasses.fields(getattr(ftlib.config, config_class)):
+        action = parser._option_string_actions.get(f.metadata["flag"] or option(f.name))
+        if action is None or action.dest != f.name:
+            lacking.append(f"{f.name}: no flag")
+            continue
+        if not (action.help or "").strip() or "default" not in action.help:
+            lacking.append(f"{f.name}: no help, or no default in it: {action.help!r}")
+        if f.default is not None:
+            shown = ("on" if f.default else "off") if isinstance(f.default, bool) else str(f.default)
+            if f"default: {shown})" not in action.help:
+                lacking.append(f"{f.name}: the help does not show the default {shown}: {action.help!r}")
+        assert action.default is None  # only the options given override the config
+    assert not lacking, lacking
+
+
+def test_model_defaults_are_shown_per_model():
+    epochs = next(a for a in _subparser("finetune")._actions if a.dest == "epochs")
+    assert "20 for the tiny models, 2 for GPT-2" in epochs.help
+
+
+def test_generated_flags_reach_the_configs():
+    from ftlib.cli import build_parser, config_from_args
+    from ftlib.config import DPOConfig, RunConfig
+
+    parser = build_parser()
+    dpo = config_from_args(parser.parse_args(["dpo", "--nll-weight", "0.5"]), DPOConfig)
+    assert dpo.nll_weight == 0.5
+    assert config_from_args(parser.parse_args(["dpo"]), DPOConfig).nll_weight == 1.0
+    run = config_from_args(parser.parse_args(["finetune", "--weight-decay", "0", "--no-warmup-cosine",
+                                              "--grad-clip", "0.5", "--eval-points", "7",
+                                              "--mask-prompt", "--no-progress"]))
+    assert (run.weight_decay, run.warmup_cosine, run.grad_clip, run.eval_points) == (0.0, False, 0.5, 7)
+    assert (run.mask_prompt, run.progress) == (True, False)
+    assert config_from_args(parser.parse_args(["finetune"])) == RunConfig()  # nothing given: the defaults
+
+
+def _finetune_config_json(folder, config):
+    """config.json as `finetune` writes it: the resolved settings plus the run's facts."""
+    from ftlib.config import config_json, resolve_config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    facts = {"model_config": {"emb_dim": 128}, "dataset": "bundled", "device": "cpu", "world_size": 1}
+    (folder / "config.json").write_text(json.dumps({**config_json(resolve_config(config)), **facts}))
+    return folder / "config.json"
+
+
+def test_config_file_is_the_base_and_flags_override_it(tmp_path):
+    from ftlib.cli import build_parser, config_from_args
+    from ftlib.config import DPOConfig, RunConfig, config_json
+
+    path = _finetune_config_json(tmp_path / "run", RunConfig(epochs=3, lr=0.002, data=tmp_path / "d.json"))
+    parser = build_parser()
+    for given in (tmp_path / "run", path):  # the run folder or its config.json
+        config = config_from_args(parser.parse_args(["finetune", "--config", str(given), "--seed", "7"]))
+        assert (config.epochs, config.lr, config.seed) == (3, 0.002, 7)
+        assert config.data == tmp_path / "d.json" and config.out == Path("runs/latest")
+    config = config_from_args(parser.parse_args(["finetune", "--config", str(path), "--dataset", "chapter"]))
+    assert config.data is None and config.dataset == "chapter"  # --dataset drops the file's --data
+
+    (tmp_path / "dpo").mkdir()
+    (tmp_path / "dpo" / "config.json").write_text(json.dumps(
+        {"model_config": {}, "epochs": 20, "dpo": config_json(DPOConfig(nll_weight=0.0, beta=0.2))}))
+    dpo = config_from_args(parser.parse_args(["dpo", "--config", str(tmp_path / "dpo"), "--beta", "0.3"]),
+                           DPOConfig)
+    assert (dpo.nll_weight, dpo.beta, dpo.epochs) == (0.0, 0.3, 1)
+
+
+def test_a_bad_config_file_is_one_line_naming_it(tmp_path, capsys):
+    out = tmp_path / "out"
+    broken = tmp_path / "broken" / "config.json"
+    broken.parent.mkdir()
+    broken.write_text('{"epochs": 3,')
+    _fails_cleanly(["finetune", "--config", str(broken), "--out", str(out)], out, capsys, str(broken))
+    wrong = tmp_path / "wrong" / "config.json"
+    wrong.parent.mkdir()
+    wrong.write_text('{"epochs": "many", "model_config": {}}')
+    _fails_cleanly(["finetune", "--config", str(wrong.parent), "--print-config"], out, capsys,
+                   str(wrong), "'epochs'", "'many'")
+    _fails_cleanly(["dpo", "--config", str(wrong), "--out", str(out)], out, capsys, str(wrong), "dpo")
+    _fails_cleanly(["finetune", "--config", str(tmp_path / "nowhere"), "--print-config"], out, capsys,
+                   "nowhere")
+
+
+def test_print_config_prints_the_resolved_settings(tmp_path, capsys):
+    from ftlib.config import RunConfig
+
+    assert main(["finetune", "--print-config", "--model", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    settings = json.loads(printed)
+    assert (settings["model"], settings["epochs"], settings["lr"], settings["mask_prompt"]) == ("tiny", 20, 1e-3, True)
+    assert printed.count("\n") == len(settings) + 2  # one key per line, and the braces
+    assert main(["finetune", "--print-config", "--model", "gpt2-small (124M)", "--epochs", "1"]) == 0
+    settings = json.loads(capsys.readouterr().out)
+    assert (settings["epochs"], settings["lr"], settings["allowed_max_length"]) == (1, 5e-5, 1024)
+
+    path = _finetune_config_json(tmp_path / "run", RunConfig(epochs=3))
+    assert main(["finetune", "--print-config", "--config", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 3
+    assert main(["dpo", "--print-config", "--nll-weight", "0.5"]) == 0
+    settings = json.loads(capsys.readouterr().out)
+    assert settings["nll_weight"] == 0.5 and settings["out"] == "runs/dpo"
+
+
+def test_print_config_does_not_import_torch():
+    code = ("import sys\nfrom ftlib.cli import main\n"
+            "assert main(['finetune', '--print-config']) == 0\nprint('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--epochs", "0"], ["--epochs", "got 0"]),
+    (["--epochs", "many"], ["--epochs", "'many'"]),
+    (["--model", "nope"], ["--model", "'nope'", "gpt2-medium (355M)"]),
+    (["--grad-clip", "nan"], ["--grad-clip"]),
+    (["--weight-decay", "-1"], ["--weight-decay"]),
+    (["--batching", "sorted"], ["--batching", "'sorted'"]),
+    (["--no-such-option"], ["--no-such-option"]),
+])
+def test_bad_values_of_generated_flags_are_one_line(tmp_path, capsys, args, expected):
+    out = tmp_path / "run"
+    _fails_cleanly(["finetune", "--out", str(out), *args], out, capsys, *expected)
+    _fails_cleanly(["finetune", "--print-config", *args], out, capsys, *expected)

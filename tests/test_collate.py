@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from ftlib.collate import (
+from ftlib.data.collate import (
     custom_collate_draft_1, custom_collate_draft_2, custom_collate_fn, instruction_collate_fn,
     padding_stats,
 )
 from helpers import toy_items
-from ftlib.errors import ConfigError, DataError
+from ftlib.plumbing.errors import ConfigError, DataError
 
 # The seed's example batch: three token-id lists of different lengths.
 BATCH = [[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]]

@@ -1,11 +1,11 @@
-"""ftlib.data: loading and validating, prompt formats, the split, InstructionDataset,
+"""ftlib.data.instructions: loading and validating, prompt formats, the split, InstructionDataset,
 and download_and_load_file against a real HTTP server on 127.0.0.1."""
 
 import json
 
 import pytest
 
-from ftlib.data import (
+from ftlib.data.instructions import (
     InstructionDataset,
     download_and_load_file,
     format_input,
@@ -13,9 +13,9 @@ from ftlib.data import (
     load_instruction_data,
     split_data,
 )
-from ftlib.errors import ConfigError, DataError, DownloadError, FtlibError
-from ftlib.serve import serve_directory
-from ftlib.tokenizer import get_gpt2_tokenizer
+from ftlib.plumbing.errors import ConfigError, DataError, DownloadError, FtlibError
+from ftlib.classroom.serve import serve_directory
+from ftlib.data.tokenizer import get_gpt2_tokenizer
 
 ENTRY = {"instruction": "Name a color.", "input": "", "output": "Blue."}
 ENTRY_WITH_INPUT = {

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ftlib.device import get_device
-from ftlib.errors import ConfigError
+from ftlib.plumbing.device import get_device
+from ftlib.plumbing.errors import ConfigError
 
 
 @pytest.fixture

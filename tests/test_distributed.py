@@ -18,14 +18,14 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler
 
-from ftlib.batching import (EpochSampler, LengthGroupedBatchSampler, ShardedBatchSampler,
+from ftlib.data.batching import (EpochSampler, LengthGroupedBatchSampler, ShardedBatchSampler,
                             item_lengths, make_loader)
 from ftlib.cli import main
-from ftlib.distributed import launched_by_torchrun
-from ftlib.errors import ConfigError
-from ftlib.model import GPTModel
-from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.trainer import train_model, warmup_cosine_schedule
+from ftlib.plumbing.distributed import launched_by_torchrun
+from ftlib.plumbing.errors import ConfigError
+from ftlib.model.gpt import GPTModel
+from ftlib.classroom.toy_checkpoint import TOY_CONFIG
+from ftlib.training.loop import Checkpoints, train_model, warmup_cosine_schedule
 from helpers import RUN_FILES, quick_args, varied_items
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,33 +80,31 @@ def test_make_loader_shards_every_strategy_and_checks_the_batch_size():
 
 
 def _run(batching, checkpoint_path=None):
-    """4 optimizer steps (2 micro-batches each, gradient clipping, crossing into the
+    """6 optimizer steps (gradient clipping, crossing into the
     second epoch) of a small float64 GPT; in a single process, or in each process
     of a torchrun launch. Returns (model, train_losses, val_losses)."""
-    from ftlib.distributed import is_distributed, rank, world_size
+    from ftlib.plumbing.distributed import rank, world_size
 
     torch.manual_seed(123)
     model = GPTModel(SMALL_CONFIG).double()
     items = varied_items(40)
     kwargs = dict(batching=batching, seed=7, row_length=32)
     loader = make_loader(items, 8, rank=rank(), world_size=world_size(), **kwargs)
-    whole = make_loader(items, 8, **kwargs) if is_distributed() else None
     val_loader = make_loader(varied_items(8, seed=1), 4, shuffle=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    scheduler = warmup_cosine_schedule(optimizer, total_steps=4)
+    scheduler = warmup_cosine_schedule(optimizer, total_steps=6)
     # train_model wraps the model in DDP itself when a process group is up
     history = train_model(
         model, loader, val_loader, optimizer, "cpu", 2, eval_freq=1, eval_iter=2,
-        scheduler=scheduler, max_steps=4, grad_clip=1.0, progress=False,
-        checkpoint_path=checkpoint_path, accumulation_steps=2, log=lambda *a: None,
-        eval_train_loader=whole)
+        scheduler=scheduler, max_steps=6, grad_clip=1.0, progress=False,
+        checkpoints=Checkpoints(checkpoint_path), log=lambda *a: None)
     return model, history.train_losses, history.val_losses
 
 
 def _first_step(batching):
     """Loss and gradients of one step of 2 micro-batches (before any update)."""
-    from ftlib.distributed import is_distributed, rank, world_size, wrap_model
-    from ftlib.trainer import accumulate_gradients
+    from ftlib.plumbing.distributed import is_distributed, rank, world_size, wrap_model
+    from ftlib.training.loop import accumulate_gradients
 
     torch.manual_seed(123)
     model = GPTModel(SMALL_CONFIG).double()
@@ -140,12 +138,12 @@ def test_two_processes_train_exactly_like_one(tmp_path):
             for name, grad in grads.items():
                 torch.testing.assert_close(ddp_grads[name], grad, rtol=0, atol=1e-12,
                                            msg=f"{batching}: {name}")
-        # four steps of AdamW with warm-up, clipping and accumulation
+        # six steps of AdamW with warm-up and clipping, into the second epoch
         model, train_losses, val_losses = _run(batching)
         expected = model.state_dict()
         checkpoint = torch.load(tmp_path / f"{batching}-rank0.pt", weights_only=False)
         assert not (tmp_path / f"{batching}-rank1.pt").exists()  # only rank 0 writes
-        assert checkpoint["step"] == 3
+        assert checkpoint["step"] == 5
         assert checkpoint["model"].keys() == expected.keys()  # no "module." prefix
         for key, value in expected.items():
             torch.testing.assert_close(checkpoint["model"][key], value, rtol=0, atol=1e-9,
@@ -224,7 +222,7 @@ def test_an_uneven_batch_size_under_torchrun_is_one_clear_error(small_data, tmp_
 
 def _worker(out):
     """What each process of `test_two_processes_train_exactly_like_one` runs."""
-    from ftlib.distributed import cleanup_distributed, init_distributed, is_main_process, rank
+    from ftlib.plumbing.distributed import cleanup_distributed, init_distributed, is_main_process, rank
 
     init_distributed("cpu")
     try:

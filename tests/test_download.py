@@ -9,9 +9,9 @@ import urllib.request
 
 import pytest
 
-from ftlib.download import download_file, download_first_available, remote_size
-from ftlib.errors import ConfigError, DownloadError
-from ftlib.serve import serve_directory
+from ftlib.plumbing.download import download_file, download_first_available, remote_size
+from ftlib.plumbing.errors import ConfigError, DownloadError
+from ftlib.classroom.serve import serve_directory
 
 BODY = os.urandom(300_000)  # several 64 KiB chunks, so a cut lands mid-stream
 
@@ -90,7 +90,7 @@ def test_serve_directory_rejects_a_file(tmp_path):
 
 
 def test_serve_main_rejects_missing_folder(tmp_path, capsys):
-    from ftlib.serve import main
+    from ftlib.classroom.serve import main
 
     assert main([str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err

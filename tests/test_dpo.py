@@ -1,4 +1,4 @@
-"""DPO (ftlib/dpo.py): the loss by hand, log-probabilities, masking as in fine-tuning,
+"""DPO (ftlib/training/dpo.py): the loss by hand, log-probabilities, masking as in fine-tuning,
 the frozen reference, the bundled preference data, and `python -m ftlib dpo`."""
 
 import json
@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from ftlib.cli import main
-from ftlib.collate import instruction_collate_fn
-from ftlib.data import BUNDLED_DATA_PATH, InstructionDataset, load_instruction_data
-from ftlib.dpo import (SENTENCE_END, PREFERENCE_DATA_PATH, PreferenceDataset, answer_in, dpo_batch, dpo_loss,
+from ftlib.data.collate import instruction_collate_fn
+from ftlib.data.instructions import BUNDLED_DATA_PATH, InstructionDataset, load_instruction_data
+from ftlib.training.dpo import (SENTENCE_END, PREFERENCE_DATA_PATH, PreferenceDataset, answer_in, dpo_batch, dpo_loss,
                        dpo_stats, frozen_reference, is_full_sentence, load_preference_data,
                        make_preference_pair, preference_collate_fn, preference_loaders,
                        preference_scores, sequence_logprobs, train_dpo)
-from ftlib.errors import ConfigError, DataError
-from ftlib.model import GPTModel
-from ftlib.tokenizer import get_gpt2_tokenizer
+from ftlib.plumbing.errors import ConfigError, DataError
+from ftlib.model.gpt import GPTModel
+from ftlib.data.tokenizer import get_gpt2_tokenizer
 from helpers import quick_args, toy_items
 
 TINY = {"vocab_size": 50257, "context_length": 64, "emb_dim": 32, "n_heads": 2, "n_layers": 2,
@@ -148,7 +148,7 @@ def test_dpo_command_bad_inputs_are_one_line(tmp_path, small_data, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --run") and "make finetune" in err and err.count("\n") == 1
     assert main(["dpo", "--run", str(tmp_path), "--out", str(out), "--beta", "-1"]) == 2
-    assert "--beta must be a positive number" in capsys.readouterr().err
+    assert "--beta must be a positive, finite number" in capsys.readouterr().err
     assert not out.exists()
 
 

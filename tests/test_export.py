@@ -3,14 +3,14 @@ import json
 import pytest
 import torch
 
-from ftlib.errors import ConfigError, FtlibError
-from ftlib.export import EXPORT_FILES, EXPORT_MARKER, export_hf, gpt_to_hf_state_dict, main_export
-from ftlib.generate import generate
-from ftlib.lora import add_lora
-from ftlib.model import GPTModel, TINY_CONFIG
-from ftlib.modelfiles import load_run_model
-from ftlib.tokenizer import get_gpt2_tokenizer
-from ftlib.toy_checkpoint import TOY_CONFIG
+from ftlib.plumbing.errors import ConfigError, FtlibError
+from ftlib.model.export import EXPORT_FILES, EXPORT_MARKER, export_hf, gpt_to_hf_state_dict, main_export
+from ftlib.model.generate import generate
+from ftlib.model.lora import add_lora
+from ftlib.model.gpt import GPTModel, TINY_CONFIG
+from ftlib.model.files import load_run_model
+from ftlib.data.tokenizer import get_gpt2_tokenizer
+from ftlib.classroom.toy_checkpoint import TOY_CONFIG
 
 # Like the tiny config (no query/key/value biases) but as small as the toy model.
 TINY_LIKE_CONFIG = {**TOY_CONFIG, "qkv_bias": TINY_CONFIG["qkv_bias"]}

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftlib.errors import ConfigError, DownloadError, FtlibError
+from ftlib.plumbing.errors import ConfigError, DownloadError, FtlibError
 from helpers import RUN_FILES, RawServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +208,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_run_without_fcntl_locks_and_finishes(small_data, tmp_path):
-    from ftlib import runfolder
+    from ftlib.plumbing import runfolder
 
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-c", WITHOUT_FCNTL, *_args(small_data, out)], cwd=ROOT,
@@ -282,8 +282,8 @@ def test_resume_with_other_settings_is_refused(small_data, old_run, case):
 
 
 def test_resume_of_an_old_checkpoint_of_another_width_is_one_line(small_data, old_run):
-    from ftlib.model import GPTModel, get_config
-    from ftlib.modelfiles import save_checkpoint
+    from ftlib.model.gpt import GPTModel, get_config
+    from ftlib.model.files import save_checkpoint
 
     out, _ = old_run
     model = GPTModel({**get_config("tiny"), "emb_dim": 64})
@@ -487,14 +487,14 @@ def test_a_plain_rerun_says_it_starts_over_from_a_kept_checkpoint(small_data, ol
 
 @pytest.mark.parametrize("n_layer", [5, "2"])
 def test_wrong_hparams_json_keeps_the_checkpoint(tmp_path, n_layer):
-    from ftlib.toy_checkpoint import TOY_SIZE, write_openai_checkpoint
-    from ftlib.weights import CHECKPOINT_DATA_FILES, download_and_load_gpt2
+    from ftlib.classroom.toy_checkpoint import TOY_SIZE, write_openai_checkpoint
+    from ftlib.model.weights import CHECKPOINT_DATA_FILES, download_and_load_gpt2
 
     mirror = tmp_path / "mirror"
     write_openai_checkpoint(mirror / TOY_SIZE)
     hparams = json.loads((mirror / TOY_SIZE / "hparams.json").read_text())
     (mirror / TOY_SIZE / "hparams.json").write_text(json.dumps({**hparams, "n_layer": n_layer}))
-    from ftlib.serve import serve_directory
+    from ftlib.classroom.serve import serve_directory
 
     local = tmp_path / "gpt2" / TOY_SIZE
     with serve_directory(mirror) as url:
@@ -512,9 +512,9 @@ def test_wrong_hparams_json_keeps_the_checkpoint(tmp_path, n_layer):
 def test_safetensors_with_unexpected_keys_names_the_file(tmp_path):
     from safetensors.torch import save_file
 
-    from ftlib.model import GPTModel
-    from ftlib.toy_checkpoint import TOY_CONFIG
-    from ftlib.weights import load_hf_safetensors_into_gpt
+    from ftlib.model.gpt import GPTModel
+    from ftlib.classroom.toy_checkpoint import TOY_CONFIG
+    from ftlib.model.weights import load_hf_safetensors_into_gpt
 
     path = tmp_path / "odd.safetensors"
     for state in ({"h.0.attn.surprise": torch.zeros(2)}, {"h.²": torch.zeros(2)},
@@ -538,7 +538,7 @@ def _trickle(header):
 
 
 def test_download_from_a_trickling_server_meets_its_deadline(tmp_path):
-    from ftlib.download import download_file
+    from ftlib.plumbing.download import download_file
 
     header = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n"
     with RawServer(_trickle(header)) as server:
@@ -550,7 +550,7 @@ def test_download_from_a_trickling_server_meets_its_deadline(tmp_path):
 
 
 def test_body_cut_short_without_content_length_is_not_saved(tmp_path):
-    from ftlib.download import download_file
+    from ftlib.plumbing.download import download_file
 
     def reply(conn, stop):  # close-delimited: no Content-Length, then the connection drops
         conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"half a file")
@@ -562,8 +562,8 @@ def test_body_cut_short_without_content_length_is_not_saved(tmp_path):
 
 
 def test_resume_never_splices_two_versions_of_a_file(tmp_path):
-    from ftlib.download import download_file
-    from ftlib.serve import serve_directory
+    from ftlib.plumbing.download import download_file
+    from ftlib.classroom.serve import serve_directory
 
     root, dest = tmp_path / "mirror", tmp_path / "out" / "model.bin"
     root.mkdir()
@@ -582,8 +582,8 @@ def test_resume_never_splices_two_versions_of_a_file(tmp_path):
 
 
 def test_expected_sha256_is_checked_and_a_bad_file_is_not_kept(tmp_path):
-    from ftlib.download import download_file
-    from ftlib.serve import serve_directory
+    from ftlib.plumbing.download import download_file
+    from ftlib.classroom.serve import serve_directory
 
     root = tmp_path / "mirror"
     root.mkdir()
@@ -598,7 +598,7 @@ def test_expected_sha256_is_checked_and_a_bad_file_is_not_kept(tmp_path):
 
 
 def test_download_onto_a_folder_is_one_error(tmp_path):
-    from ftlib.download import download_file
+    from ftlib.plumbing.download import download_file
 
     (tmp_path / "dest").mkdir()
     with pytest.raises(DownloadError, match="is a folder"):
@@ -606,7 +606,7 @@ def test_download_onto_a_folder_is_one_error(tmp_path):
 
 
 def test_server_answers_404_to_nul_and_overlong_names(tmp_path, capfd):
-    from ftlib.serve import serve_directory
+    from ftlib.classroom.serve import serve_directory
 
     (tmp_path / "f").write_bytes(b"x")
     with serve_directory(tmp_path) as url:
@@ -638,7 +638,7 @@ def _ollama(*lines, close=True):
     ([b"{" * 5000 + b"\n"], "not Ollama's JSON lines"),
 ])
 def test_judge_refuses_a_cut_or_malformed_stream(lines, expected):
-    from ftlib.judge import query_model
+    from ftlib.evaluation.judge import query_model
 
     with RawServer(_ollama(*lines)) as server:
         with pytest.raises(FtlibError, match=expected) as err:
@@ -647,7 +647,7 @@ def test_judge_refuses_a_cut_or_malformed_stream(lines, expected):
 
 
 def test_judge_reply_from_a_trickling_server_meets_its_deadline():
-    from ftlib.judge import query_model
+    from ftlib.evaluation.judge import query_model
 
     header = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n"
     with RawServer(_trickle(header)) as server:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from ftlib import serve
-from ftlib.download import download_file
-from ftlib.errors import DownloadError, FtlibError
-from ftlib.judge import query_model
+from ftlib.classroom import serve
+from ftlib.plumbing.download import download_file
+from ftlib.plumbing.errors import DownloadError, FtlibError
+from ftlib.evaluation.judge import query_model
 from helpers import RawServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,7 +300,7 @@ def test_server_drops_a_client_that_trickles_its_headers(mirror, capfd):
 
 @pytest.mark.parametrize("port", ["70000", "-1"])
 def test_serve_command_refuses_a_port_out_of_range(tmp_path, port):
-    done = subprocess.run([sys.executable, "-m", "ftlib.serve", str(tmp_path), "--port", port],
+    done = subprocess.run([sys.executable, "-m", "ftlib.classroom.serve", str(tmp_path), "--port", port],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stdout == ""

@@ -27,12 +27,12 @@ import pytest
 import torch
 
 from ftlib.cli import build_parser, config_from_args, main
-from ftlib.data import load_instruction_data
-from ftlib.dpo import DPOConfig, load_preference_data, make_preference_pair, pair_too_long
-from ftlib.errors import ConfigError, DataError
-from ftlib.model import GPTModel
-from ftlib.modelfiles import load_run_model
-from ftlib.tokenizer import get_gpt2_tokenizer
+from ftlib.data.instructions import load_instruction_data
+from ftlib.training.dpo import DPOConfig, load_preference_data, make_preference_pair, pair_too_long
+from ftlib.plumbing.errors import ConfigError, DataError
+from ftlib.model.gpt import GPTModel
+from ftlib.model.files import load_run_model
+from ftlib.data.tokenizer import get_gpt2_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 # emb_dim 32, 2 heads, 2 layers; 256 positions, so no bundled pair is too long for it
@@ -346,7 +346,7 @@ def test_impossible_model_configs_name_the_file_and_the_key(tmp_path, change, ex
 
 
 def test_gpt_model_and_the_base_config_refuse_zero_heads(tmp_path):
-    from ftlib.pretrain import load_base_model
+    from ftlib.model.base import load_base_model
 
     with pytest.raises(ConfigError, match="n_heads must be a positive whole number, got 0"):
         GPTModel({**SMALL, "n_heads": 0})  # was a ZeroDivisionError
@@ -365,7 +365,7 @@ def test_gpt_model_and_the_base_config_refuse_zero_heads(tmp_path):
     ("utf-8", "strict", None), ("gb18030", "strict", None),
 ])
 def test_an_output_that_cannot_print_ftlibs_text_is_refused(monkeypatch, encoding, errors, refused):
-    from ftlib.envcheck import check_run_environment
+    from ftlib.plumbing.envcheck import check_run_environment
 
     monkeypatch.delenv("MPLBACKEND", raising=False)
     monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors=errors))
@@ -383,7 +383,7 @@ def test_an_output_that_cannot_print_ftlibs_text_is_refused(monkeypatch, encodin
     ("module://no_such_package.backend", "no module"), ("Agg", None), ("svg", None), ("", None),
 ])
 def test_mplbackend_must_name_a_backend(backend, refused):
-    from ftlib.envcheck import _check_matplotlib_backend
+    from ftlib.plumbing.envcheck import _check_matplotlib_backend
 
     if refused is None:
         _check_matplotlib_backend(backend)
@@ -396,7 +396,7 @@ def test_mplbackend_must_name_a_backend(backend, refused):
 # --- 5. the GPT-2 weights folder ------------------------------------------------------
 
 def test_a_weights_folder_that_cannot_be_written_is_named(tmp_path):
-    from ftlib.weights import download_and_load_gpt2
+    from ftlib.model.weights import download_and_load_gpt2
 
     in_the_way = tmp_path / "gpt2"
     in_the_way.write_text("a file where the weights folder should be")

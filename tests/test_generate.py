@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ftlib.generate import generate, generate_and_print_sample, text_to_token_ids, token_ids_to_text
-from ftlib.model import GPTModel
-from ftlib.tokenizer import get_gpt2_tokenizer
+from ftlib.model.generate import generate, generate_and_print_sample, text_to_token_ids, token_ids_to_text
+from ftlib.model.gpt import GPTModel
+from ftlib.data.tokenizer import get_gpt2_tokenizer
 
 # Small and fast; a short context so that generation runs past it.
 CFG = {

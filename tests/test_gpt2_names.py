@@ -1,13 +1,13 @@
-"""ftlib.gpt2_names: the one table covers every tensor of GPTModel and of Hugging Face's GPT-2."""
+"""ftlib.model.gpt2_names: the one table covers every tensor of GPTModel and of Hugging Face's GPT-2."""
 
 import pytest
 import torch
 
-from ftlib.gpt2_names import (gpt2_rows, gpt_to_params, hf_state_dict_to_params,
+from ftlib.model.gpt2_names import (gpt2_rows, gpt_to_params, hf_state_dict_to_params,
                               params_to_hf_state_dict)
-from ftlib.model import GPTModel
-from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.weights import load_weights_into_gpt
+from ftlib.model.gpt import GPTModel
+from ftlib.classroom.toy_checkpoint import TOY_CONFIG
+from ftlib.model.weights import load_weights_into_gpt
 
 QKV_BIASES = {f"trf_blocks.{i}.att.{w}.bias" for i in range(2) for w in ("W_query", "W_key", "W_value")}
 

@@ -1,4 +1,4 @@
-"""ftlib.judge: the chapter's LLM judge, against a fake Ollama on 127.0.0.1."""
+"""ftlib.evaluation.judge: the chapter's LLM judge, against a fake Ollama on 127.0.0.1."""
 
 import json
 import socket
@@ -7,9 +7,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ftlib.data import format_input
-from ftlib.errors import ConfigError, DataError, FtlibError
-from ftlib.judge import (
+from ftlib.data.instructions import format_input
+from ftlib.plumbing.errors import ConfigError, DataError, FtlibError
+from ftlib.evaluation.judge import (
     check_if_running,
     format_judge_summary,
     generate_model_scores,

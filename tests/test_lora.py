@@ -2,13 +2,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ftlib.errors import ConfigError
-from ftlib.lora import (LinearWithLoRA, LoRALayer, add_lora, count_lora_parameters,
+from ftlib.plumbing.errors import ConfigError
+from ftlib.model.lora import (LinearWithLoRA, LoRALayer, add_lora, count_lora_parameters,
                         count_trainable_parameters, format_lora_parameter_table, has_lora,
                         lora_parameter_table, merge_lora, replace_linear_with_lora)
-from ftlib.model import GPTModel, count_parameters, get_config
-from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.trainer import make_optimizer
+from ftlib.model.gpt import GPTModel, count_parameters, get_config
+from ftlib.classroom.toy_checkpoint import TOY_CONFIG
+from ftlib.training.loop import make_optimizer
 
 SMALL_CFG = {**TOY_CONFIG, "vocab_size": 300}  # a fast model for forward passes
 

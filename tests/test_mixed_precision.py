@@ -3,12 +3,13 @@ what float32 learns."""
 
 import torch
 
-from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data, split_data
+from ftlib.data.instructions import BUNDLED_DATA_PATH, load_instruction_data, split_data
 from ftlib.pipeline import RunConfig, make_loaders, resolve_config
-from ftlib.pretrain import load_base_model
-from ftlib.tokenizer import get_gpt2_tokenizer
-from ftlib.trainer import (accumulate_gradients, autocast_dtype_for, cpu_has_bf16_units, enable_tf32,
-                           loss_loader, make_optimizer, mixed_precision_default, warmup_cosine_schedule)
+from ftlib.model.base import load_base_model
+from ftlib.data.tokenizer import get_gpt2_tokenizer
+from ftlib.training.loop import accumulate_gradients, loss_loader, make_optimizer, warmup_cosine_schedule
+from ftlib.training.precision import (autocast_dtype_for, cpu_has_bf16_units, enable_tf32,
+                                      mixed_precision_default)
 
 # 50 steps where `make finetune` trains in bf16 (a CPU with bfloat16 units); 10 elsewhere:
 # there bf16 is emulated (133 s for the 50 steps on a 2-core AVX2 CPU, 32 s for 10 on one
@@ -34,17 +35,17 @@ def test_bf16_units_are_read_from_the_cpu_flags(tmp_path):
 
 
 def test_mixed_precision_is_on_by_default_where_it_pays(monkeypatch):
-    import ftlib.trainer as trainer
+    import ftlib.training.precision as precision
 
     monkeypatch.delenv("FTLIB_MIXED_PRECISION", raising=False)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert mixed_precision_default("cuda")
     assert not mixed_precision_default("mps")
-    monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
     assert mixed_precision_default("cpu")
-    monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: False)
     assert not mixed_precision_default("cpu")
-    monkeypatch.setattr(trainer, "cpu_has_bf16_units", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bf16_units", lambda: True)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # another CPU's kernels (make's emulation)
     assert not mixed_precision_default("cpu")
 
@@ -52,7 +53,7 @@ def test_mixed_precision_is_on_by_default_where_it_pays(monkeypatch):
 def test_the_environment_can_force_the_choice(monkeypatch):
     import pytest
 
-    from ftlib.errors import ConfigError
+    from ftlib.plumbing.errors import ConfigError
 
     monkeypatch.setenv("FTLIB_MIXED_PRECISION", "0")
     assert not mixed_precision_default("cuda")

@@ -1,13 +1,13 @@
-"""ftlib.modelfiles: saving and loading a model's weights, one error style for every file."""
+"""ftlib.model.files: saving and loading a model's weights, one error style for every file."""
 
 import re
 
 import pytest
 import torch
 
-from ftlib.errors import ConfigError, FtlibError
-from ftlib.model import GPTModel
-from ftlib.modelfiles import load_model_state, read_torch_file, save_model, sft_file_name
+from ftlib.plumbing.errors import ConfigError, FtlibError
+from ftlib.model.gpt import GPTModel
+from ftlib.model.files import load_model_state, read_torch_file, save_model, sft_file_name
 
 TINY = {"vocab_size": 50257, "context_length": 128, "emb_dim": 32, "n_layers": 2,
         "n_heads": 2, "drop_rate": 0.0, "qkv_bias": False}

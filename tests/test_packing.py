@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftlib.collate import instruction_collate_fn
-from ftlib.errors import DataError
-from ftlib.model import GPTModel
-from ftlib.packing import block_causal_mask, pack_collate_fn, pack_rows
-from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.train import calc_loss_batch
-from ftlib.trainer import batch_loss, loss_loader, split_batch
+from ftlib.data.collate import instruction_collate_fn
+from ftlib.plumbing.errors import DataError
+from ftlib.model.gpt import GPTModel
+from ftlib.data.packing import block_causal_mask, pack_collate_fn, pack_rows
+from ftlib.classroom.toy_checkpoint import TOY_CONFIG
+from ftlib.training.book import calc_loss_batch
+from ftlib.training.loop import batch_loss, loss_loader, split_batch
 from helpers import toy_items
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -147,7 +147,7 @@ def test_packed_gradients_equal_unpacked_gradients():
 def test_loss_loader_on_packed_batches_equals_the_books_calc_loss_loader():
     from torch.utils.data import DataLoader
 
-    from ftlib.train import calc_loss_loader
+    from ftlib.training.book import calc_loss_loader
 
     model = new_model()
     items = toy_items(12)

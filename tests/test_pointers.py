@@ -21,12 +21,12 @@ NOT_IN_A_NOTEBOOK = re.compile(r"Not in a notebook: \S")
 def public_definitions():
     """(module file, name, docstring, module docstring) of every top-level public
     function and class."""
-    for path in sorted((ROOT / "ftlib").glob("*.py")):
+    for path in sorted((ROOT / "ftlib").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         module_doc = ast.get_docstring(tree) or ""
         for node in tree.body:
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
-                yield path.name, node.name, ast.get_docstring(node) or "", module_doc
+                yield path.relative_to(ROOT / "ftlib").as_posix(), node.name, ast.get_docstring(node) or "", module_doc
 
 
 def notebook_code(relative):

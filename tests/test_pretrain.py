@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftlib.data import BUNDLED_DATA_PATH, load_instruction_data
-from ftlib.errors import ConfigError
-from ftlib.generate import generate, text_to_token_ids, token_ids_to_text
-from ftlib.model import GPTModel
-from ftlib.pretrain import (BASE_MODEL_DIR, CORPUS_PATH, corpus_batches, corpus_sha256,
-                            corpus_token_ids, fact_completion, load_base_model, load_facts,
-                            new_base_model, pretrain, save_base_model)
-from ftlib.tokenizer import get_gpt2_tokenizer
+from ftlib.data.instructions import BUNDLED_DATA_PATH, load_instruction_data
+from ftlib.plumbing.errors import ConfigError
+from ftlib.model.generate import generate, text_to_token_ids, token_ids_to_text
+from ftlib.model.gpt import GPTModel
+from ftlib.model.base import BASE_MODEL_DIR, load_base_model, save_base_model
+from ftlib.training.pretrain import (CORPUS_PATH, corpus_batches, corpus_sha256, corpus_token_ids,
+                                     fact_completion, load_facts, new_base_model, pretrain)
+from ftlib.data.tokenizer import get_gpt2_tokenizer
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 TEST_SET_PATH = CORPUS_PATH.parent / "pretraining-only-test.json"
@@ -126,9 +126,9 @@ def test_base_out_head_is_a_float32_copy_of_the_embedding(base):
 
 def test_base_round_trips_through_openais_layout(base, tmp_path):
     pytest.importorskip("tensorflow")
-    from ftlib.serve import serve_directory
-    from ftlib.toy_checkpoint import write_openai_checkpoint
-    from ftlib.weights import config_from_settings, download_and_load_gpt2, load_weights_into_gpt
+    from ftlib.classroom.serve import serve_directory
+    from ftlib.classroom.toy_checkpoint import write_openai_checkpoint
+    from ftlib.model.weights import config_from_settings, download_and_load_gpt2, load_weights_into_gpt
 
     model, _ = base
     write_openai_checkpoint(tmp_path / "mirror" / "tiny-base", model=model)

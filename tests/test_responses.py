@@ -1,4 +1,4 @@
-"""ftlib.responses: extracting the answer, generating responses (batched = one by one), saving."""
+"""ftlib.evaluation.responses: extracting the answer, generating responses (batched = one by one), saving."""
 
 import json
 from pathlib import Path
@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftlib.data import format_input, format_response
-from ftlib.errors import ConfigError, DataError
-from ftlib.generate import generate, text_to_token_ids, token_ids_to_text
-from ftlib.model import GPTModel
-from ftlib.responses import extract_response, generate_responses, save_responses
-from ftlib.tokenizer import get_gpt2_tokenizer
+from ftlib.data.instructions import format_input, format_response
+from ftlib.plumbing.errors import ConfigError, DataError
+from ftlib.model.generate import generate, text_to_token_ids, token_ids_to_text
+from ftlib.model.gpt import GPTModel
+from ftlib.evaluation.responses import extract_response, generate_responses, save_responses
+from ftlib.data.tokenizer import get_gpt2_tokenizer
 from helpers import SCORED_ENTRIES as ENTRIES
 
 # One CPU thread: the tiny model's ops are too small to gain from more, and on a busy

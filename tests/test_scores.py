@@ -1,4 +1,4 @@
-"""ftlib.scores: normalisation, the offline metrics worked out by hand, the table and the chart."""
+"""ftlib.evaluation.scores: normalisation, the offline metrics worked out by hand, the table and the chart."""
 
 import matplotlib
 
@@ -7,8 +7,8 @@ matplotlib.use("Agg")  # no display in tests
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from ftlib.errors import ConfigError, DataError  # noqa: E402
-from ftlib.scores import (  # noqa: E402
+from ftlib.plumbing.errors import ConfigError, DataError  # noqa: E402
+from ftlib.evaluation.scores import (  # noqa: E402
     exact_match,
     format_scores,
     loose_match,

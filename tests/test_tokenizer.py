@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from ftlib.errors import FtlibError
-from ftlib.tokenizer import (
+from ftlib.plumbing.errors import FtlibError
+from ftlib.data.tokenizer import (
     END_OF_TEXT,
     END_OF_TEXT_ID,
     ENCODER_JSON_SHA256,

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ftlib.batching import EpochSampler
-from ftlib.collate import custom_collate_fn
-from ftlib.model import GPTModel
-from ftlib.tokenizer import get_gpt2_tokenizer
-from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.train import (calc_loss_batch, calc_loss_loader, evaluate_model, plot_losses,
+from ftlib.data.batching import EpochSampler
+from ftlib.data.collate import custom_collate_fn
+from ftlib.model.gpt import GPTModel
+from ftlib.data.tokenizer import get_gpt2_tokenizer
+from ftlib.classroom.toy_checkpoint import TOY_CONFIG
+from ftlib.training.book import (calc_loss_batch, calc_loss_loader, evaluate_model, plot_losses,
                          train_model_simple)
 from helpers import toy_items
 

@@ -4,15 +4,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from ftlib.batching import EpochSampler
-from ftlib.modelfiles import load_checkpoint, save_checkpoint
-from ftlib.collate import instruction_collate_fn
-from ftlib.errors import FtlibError
-from ftlib.model import GPTModel
-from ftlib.tokenizer import get_gpt2_tokenizer
-from ftlib.toy_checkpoint import TOY_CONFIG
-from ftlib.train import train_model_simple
-from ftlib.trainer import TrainingDiverged, train_model, warmup_cosine_schedule
+from ftlib.data.batching import EpochSampler
+from ftlib.model.files import load_checkpoint, read_torch_file, save_checkpoint
+from ftlib.data.collate import instruction_collate_fn
+from ftlib.plumbing.errors import FtlibError
+from ftlib.model.gpt import GPTModel
+from ftlib.data.tokenizer import get_gpt2_tokenizer
+from ftlib.classroom.toy_checkpoint import TOY_CONFIG
+from ftlib.training.book import train_model_simple
+from ftlib.training.loop import Checkpoints, TrainingDiverged, train_model, warmup_cosine_schedule
 from helpers import toy_items
 
 
@@ -46,12 +46,11 @@ def _train(model, steps=None, epochs=3, checkpoint_path=None, resume=False, log=
     loader = toy_loader(toy_items(24))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     scheduler = warmup_cosine_schedule(optimizer, total_steps=len(loader) * epochs)
-    resume_state = load_checkpoint(checkpoint_path, model, optimizer, scheduler) if resume else None
+    resume = read_torch_file(checkpoint_path, "checkpoint") if resume else None
     return train_model(
         model, loader, toy_loader(toy_items(8, seed=1)), optimizer, "cpu", epochs,
         eval_freq=2, eval_iter=2, scheduler=scheduler, max_steps=steps, progress=False,
-        checkpoint_path=checkpoint_path, checkpoint_every=1, resume_state=resume_state,
-        log=log or (lambda *a: None))
+        checkpoints=Checkpoints(checkpoint_path, every=1, resume=resume), log=log or (lambda *a: None))
 
 
 def test_training_lowers_the_loss_tracks_tokens_and_logs_without_a_bar():

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftlib.collate import IGNORE_INDEX, instruction_collate_fn
-from ftlib.data import BUNDLED_DATA_PATH, InstructionDataset, load_instruction_data
-from ftlib.model import GPTModel, get_config
-from ftlib.packing import pack_collate_fn
-from ftlib.tokenizer import get_gpt2_tokenizer
-from ftlib.view import (ROLE_COLOURS, batch_view, packed_view, prediction_view, token_explorer,
+from ftlib.data.collate import IGNORE_INDEX, instruction_collate_fn
+from ftlib.data.instructions import BUNDLED_DATA_PATH, InstructionDataset, load_instruction_data
+from ftlib.model.gpt import GPTModel, get_config
+from ftlib.data.packing import pack_collate_fn
+from ftlib.data.tokenizer import get_gpt2_tokenizer
+from ftlib.classroom.view import (ROLE_COLOURS, batch_view, packed_view, prediction_view, token_explorer,
                         token_text, token_view_html, top_predictions)
 
 

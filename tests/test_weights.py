@@ -7,21 +7,24 @@ files are served by a real HTTP server on 127.0.0.1, so the download code runs t
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from ftlib.errors import ConfigError, DownloadError
-from ftlib.gpt2_names import gpt_to_params, hf_state_dict_to_params
-from ftlib.model import GPTModel
-from ftlib.serve import serve_directory
-from ftlib.toy_checkpoint import TOY_CONFIG, TOY_SIZE, write_hf_safetensors, write_openai_checkpoint
-from ftlib.weights import (
+from ftlib.plumbing.errors import ConfigError, DownloadError
+from ftlib.model.gpt2_names import gpt_to_params, hf_state_dict_to_params
+from ftlib.model.gpt import GPTModel
+from ftlib.classroom.serve import serve_directory
+from ftlib.classroom.toy_checkpoint import TOY_CONFIG, TOY_SIZE, write_hf_safetensors, write_openai_checkpoint
+from ftlib.model.weights import (
     ALLOWED_SIZES,
     GPT2_BACKUP_URL,
     GPT2_FILENAMES,
     GPT2_URL,
+    assign,
     config_from_settings,
     download_and_load_gpt2,
+    load_gpt2_params,
     load_hf_safetensors_into_gpt,
     load_weights_into_gpt,
 )
@@ -29,6 +32,8 @@ from ftlib.weights import (
 transformers = pytest.importorskip("transformers")
 
 SIZES = (*ALLOWED_SIZES, TOY_SIZE)  # the real sizes plus the test's tiny one
+LOADERS = pytest.mark.parametrize("load", [load_weights_into_gpt, load_gpt2_params],
+                                  ids=["book", "table"])
 DATA_FILE = "model.ckpt.data-00000-of-00001"
 
 
@@ -135,7 +140,7 @@ def test_old_style_safetensors_keys_are_understood(reference):
     state["h.0.attn.bias"] = torch.ones(1, 1, 64, 64)
     state["h.1.attn.masked_bias"] = torch.tensor(-1e4)
     state["lm_head.weight"] = state["wte.weight"]
-    model = load_weights_into_gpt(GPTModel(TOY_CONFIG), hf_state_dict_to_params(state))
+    model = load_gpt2_params(GPTModel(TOY_CONFIG), hf_state_dict_to_params(state))
     torch.testing.assert_close(_logits(model, reference["ids"]), reference["logits"], atol=1e-5, rtol=0)
 
 
@@ -164,7 +169,7 @@ def test_default_mirrors_are_openai_then_the_books_backup(tmp_path, monkeypatch)
         raise DownloadError("offline")
 
     monkeypatch.delenv("FTLIB_GPT2_BASE_URL", raising=False)
-    monkeypatch.setattr("ftlib.weights.download_first_available", fake_download)
+    monkeypatch.setattr("ftlib.model.weights.download_first_available", fake_download)
     with pytest.raises(DownloadError):
         download_and_load_gpt2("124M", tmp_path)
     assert tried == [[f"{GPT2_URL}/124M/checkpoint", f"{GPT2_BACKUP_URL}/124M/checkpoint"]]
@@ -257,7 +262,7 @@ def test_corrupt_hparams_json_is_deleted_with_a_clear_error(mirror, tmp_path, te
     assert json.loads((mirror / TOY_SIZE / "hparams.json").read_text())["n_layer"] == 2
 
 
-# --- load_weights_into_gpt errors -----------------------------------------------
+# --- the two loaders: the book's and the table's ----------------------------------
 
 @pytest.fixture(scope="module")
 def toy_params():
@@ -265,9 +270,46 @@ def toy_params():
     return gpt_to_params(GPTModel(TOY_CONFIG))
 
 
-def test_shape_mismatch_names_the_tensor_and_both_shapes(toy_params):
+def _same_state_dicts(a, b):
+    a, b = a.state_dict(), b.state_dict()
+    assert list(a) == list(b)
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, different
+
+
+def test_book_and_table_loaders_give_identical_state_dicts(mirror, toy_params, tmp_path):
+    """The same `params`, downloaded from OpenAI's layout (numpy) or made by
+    gpt_to_params (tensors): the book's load_weights_into_gpt and load_gpt2_params
+    give the same tensors, contiguous and in float32."""
+    with serve_directory(mirror) as server:
+        settings, downloaded = _load_toy(tmp_path / "gpt2", server.url)
+    for params in (downloaded, toy_params):
+        book = load_weights_into_gpt(GPTModel(config_from_settings(settings)), params)
+        table = load_gpt2_params(GPTModel(config_from_settings(settings)), params)
+        _same_state_dicts(book, table)
+        assert all(p.is_contiguous() and p.dtype == torch.float32 for p in book.parameters())
+        # the head is a copy of the token embedding, not the same memory
+        assert book.out_head.weight.data_ptr() != book.tok_emb.weight.data_ptr()
+        assert book.tok_emb.weight.data_ptr() != torch.as_tensor(params["wte"]).data_ptr()
+
+
+def test_books_assign_refuses_a_shape_mismatch():
+    left = torch.nn.Parameter(torch.zeros(64, 32))
     with pytest.raises(ConfigError) as err:
-        load_weights_into_gpt(GPTModel({**TOY_CONFIG, "context_length": 32}), toy_params)
+        assign(left, np.ones((10, 32), dtype=np.float32))
+    assert isinstance(err.value, ValueError)  # the book raises ValueError
+    assert "(64, 32)" in str(err.value) and "(10, 32)" in str(err.value)
+    with pytest.raises(ConfigError, match="qkv_bias=True"):
+        assign(None, np.ones(32, dtype=np.float32))  # a bias the model was built without
+
+    new = assign(left, np.ones((64, 32), dtype=np.float32))
+    assert isinstance(new, torch.nn.Parameter) and new is not left and torch.equal(new, torch.ones(64, 32))
+
+
+@LOADERS
+def test_shape_mismatch_names_the_tensor_and_both_shapes(toy_params, load):
+    with pytest.raises(ConfigError) as err:
+        load(GPTModel({**TOY_CONFIG, "context_length": 32}), toy_params)
     assert "pos_emb.weight" in str(err.value)
     assert "(32, 32)" in str(err.value) and "(64, 32)" in str(err.value)
 
@@ -275,20 +317,25 @@ def test_shape_mismatch_names_the_tensor_and_both_shapes(toy_params):
     narrow_fc = {"w": torch.zeros(32, 64), "b": torch.zeros(64)}  # 2x instead of 4x wide
     bad["blocks"][1]["mlp"] = {**bad["blocks"][1]["mlp"], "c_fc": narrow_fc}
     with pytest.raises(ConfigError) as err:
-        load_weights_into_gpt(GPTModel(TOY_CONFIG), bad)
+        load(GPTModel(TOY_CONFIG), bad)
     assert "trf_blocks.1.ff.layers.0.weight" in str(err.value)
     assert "(128, 32)" in str(err.value) and "(64, 32)" in str(err.value)
 
 
-def test_wrong_number_of_layers_or_missing_bias_is_a_config_error(toy_params):
+@LOADERS
+def test_wrong_number_of_layers_missing_bias_or_entry_is_a_config_error(toy_params, load):
     with pytest.raises(ConfigError, match="2 transformer blocks.*3"):
-        load_weights_into_gpt(GPTModel({**TOY_CONFIG, "n_layers": 3}), toy_params)
+        load(GPTModel({**TOY_CONFIG, "n_layers": 3}), toy_params)
     with pytest.raises(ConfigError, match="qkv_bias=True"):
-        load_weights_into_gpt(GPTModel({**TOY_CONFIG, "qkv_bias": False}), toy_params)
+        load(GPTModel({**TOY_CONFIG, "qkv_bias": False}), toy_params)
+    without_ln_f = {key: value for key, value in toy_params.items() if key != "g"}
+    with pytest.raises(ConfigError, match="lack the entry"):
+        load(GPTModel(TOY_CONFIG), without_ln_f)
 
 
-def test_params_round_trip_and_tied_output_head(toy_params):
-    model = load_weights_into_gpt(GPTModel(TOY_CONFIG), toy_params)
+@LOADERS
+def test_params_round_trip_and_tied_output_head(toy_params, load):
+    model = load(GPTModel(TOY_CONFIG), toy_params)
     torch.testing.assert_close(model.out_head.weight, model.tok_emb.weight, atol=0, rtol=0)
     again = gpt_to_params(model)
     for key in ("wte", "wpe", "g", "b"):
