@@ -22,10 +22,14 @@ ARGS        ?=
 setup: $(VENV)/.installed
 test-setup: $(VENV)/.installed-test
 
-$(VENV)/.installed: pyproject.toml scripts/install_torch.py
+# jupyter/overrides.json: JupyterLab's own settings for this environment (no "get notified
+# about official Jupyter news?" prompt, no update check: classrooms are often offline).
+$(VENV)/.installed: pyproject.toml scripts/install_torch.py jupyter/overrides.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) scripts/install_torch.py "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index $(TORCH_INDEX))
 	$(PY) -m pip install -q -e .
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

@@ -393,7 +393,9 @@ def _write_run_folder(config, model, before, after, history, train_time, facts, 
     atomic_write_json(out / "metrics.json", metrics)
     log(format_scores(metrics["after"]))
     log(f"Held-out exact match: {metrics['held_out_exact_match_before']:.1%} before, "
-        f"{metrics['held_out_exact_match_after']:.1%} after fine-tuning "
+        f"{metrics['held_out_exact_match_after']:.1%} after fine-tuning; the answer in the "
+        f"response: {metrics['held_out_contains_answer_before']:.1%} before, "
+        f"{metrics['held_out_contains_answer_after']:.1%} after "
         f"({train_time:.0f} s of training). Run folder: {config.out}")
     if "pretraining_only" in metrics:
         only = metrics["pretraining_only"]
@@ -434,6 +436,8 @@ def _run_metrics(config, before, after, history, train_time, facts):
         "final_val_loss": _finite(history.val_losses[-1]) if history.val_losses else None,
         "held_out_exact_match_before": scores_before["overall"]["exact_match"],
         "held_out_exact_match_after": scores_after["overall"]["exact_match"],
+        "held_out_contains_answer_before": scores_before["overall"]["contains_answer"],
+        "held_out_contains_answer_after": scores_after["overall"]["contains_answer"],
         "before": scores_before,
         "after": scores_after,
     }

@@ -110,9 +110,8 @@ def server(tmp_path_factory):
     settings.mkdir(parents=True)
     # render every cell, not only those on screen, so every output can be read
     (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
-    news = home / "settings" / "@jupyterlab" / "apputils-extension"
-    news.mkdir(parents=True)  # no "get notified about news?" pop-up over the screenshots
-    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    # no "get notified about news?" prompt: the environment's settings say so (make setup
+    # installs jupyter/overrides.json); test_no_news_prompt checks that they do
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "JUPYTER_CONFIG_DIR": str(home / "config"),
            "JUPYTER_DATA_DIR": str(home / "data"), "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
@@ -349,6 +348,18 @@ def _set_locale(page, locale):
         data=json.dumps({"raw": json.dumps({"locale": locale})}),
         headers={"Content-Type": "application/json"})
     assert response.ok, response.text()
+
+
+def test_no_news_prompt(page):
+    """`make lab` opens clean: jupyter/overrides.json, which make setup installs into the
+    environment's JupyterLab settings, turns the "get notified about official Jupyter
+    news?" prompt and the update check off (the server fixture sets neither)."""
+    installed = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    assert installed.is_file() and json.loads(installed.read_text()) == json.loads(
+        (ROOT / "jupyter" / "overrides.json").read_text()), "run make setup: the settings are not installed"
+    open_notebook(page, NOTEBOOKS[0])
+    page.wait_for_timeout(3000)  # the prompt appears a moment after the page
+    assert "Jupyter news" not in page.locator("body").inner_text()
 
 
 def test_the_interface_switches_to_chinese_with_the_language_pack(page):

@@ -9,6 +9,7 @@ import pytest  # noqa: E402
 
 from ftlib.plumbing.errors import ConfigError, DataError  # noqa: E402
 from ftlib.evaluation.scores import (  # noqa: E402
+    contains_answer,
     exact_match,
     format_scores,
     loose_match,
@@ -39,6 +40,14 @@ def test_loose_normalize_and_match():
     assert loose_match("-4", "4") == 0.0          # a minus sign is not punctuation here
     assert loose_match("(-4)", "-4") == 1.0
     assert loose_match("Paris", "Lyon") == 0.0
+
+
+def test_contains_answer_finds_the_answer_in_any_form():
+    assert contains_answer("The answer is Moscow.", "Moscow") == 1.0
+    assert contains_answer("It is New York, I think", "new york") == 1.0
+    assert contains_answer("Moscovite", "Moscow") == 0.0       # whole words only
+    assert contains_answer("York New", "New York") == 0.0      # in order
+    assert contains_answer("", "") == 1.0 and contains_answer("x", "") == 0.0
 
 
 def test_token_f1_hand_computed():
@@ -73,13 +82,16 @@ def test_score_responses_overall_and_per_task():
     assert overall["n"] == 4
     assert overall["exact_match"] == pytest.approx(1 / 4)   # only the first
     assert overall["loose_match"] == pytest.approx(2 / 4)   # "paris." also matches
+    assert overall["contains_answer"] == pytest.approx(2 / 4)  # "sat" breaks the third
     assert overall["token_f1"] == pytest.approx((1 + 1 + 5 / 6 + 0) / 4)  # = 17/24
     assert overall["rouge_l"] == pytest.approx(17 / 24)
     assert list(scores["per_task"]) == ["A", "B", "unlabelled"]
     a, b, u = (scores["per_task"][k] for k in ("A", "B", "unlabelled"))
-    assert a == {"n": 2, "exact_match": 0.5, "loose_match": 1.0, "token_f1": 1.0, "rouge_l": 1.0}
+    assert a == {"n": 2, "exact_match": 0.5, "loose_match": 1.0, "contains_answer": 1.0,
+                 "token_f1": 1.0, "rouge_l": 1.0}
     assert b["n"] == 1 and b["exact_match"] == 0.0 and b["token_f1"] == pytest.approx(5 / 6)
-    assert u == {"n": 1, "exact_match": 0.0, "loose_match": 0.0, "token_f1": 0.0, "rouge_l": 0.0}
+    assert u == {"n": 1, "exact_match": 0.0, "loose_match": 0.0, "contains_answer": 0.0,
+                 "token_f1": 0.0, "rouge_l": 0.0}
 
 
 def test_score_responses_names_the_bad_entry():
@@ -93,9 +105,9 @@ def test_score_responses_names_the_bad_entry():
 
 def test_format_scores_table():
     lines = format_scores(score_responses(ENTRIES)).splitlines()
-    assert lines[0].split() == ["task", "n", "exact", "loose", "token", "F1", "ROUGE-L"]
-    assert lines[1].split() == ["all", "4", "25.0%", "50.0%", "70.8%", "70.8%"]  # 17/24
-    assert lines[2].split() == ["A", "2", "50.0%", "100.0%", "100.0%", "100.0%"]
+    assert lines[0].split() == ["task", "n", "exact", "loose", "contains", "token", "F1", "ROUGE-L"]
+    assert lines[1].split() == ["all", "4", "25.0%", "50.0%", "50.0%", "70.8%", "70.8%"]  # 17/24
+    assert lines[2].split() == ["A", "2", "50.0%", "100.0%", "100.0%", "100.0%", "100.0%"]
     assert [line.split()[0] for line in lines] == ["task", "all", "A", "B", "unlabelled"]
     assert len({len(line) for line in lines}) == 1  # fixed width
 

@@ -121,7 +121,7 @@ def write_openai_checkpoint(out_dir, cfg=TOY_CONFIG, seed=123, model=None, param
 def write_hf_safetensors(out_path, model):
     """Write `model`'s weights as Hugging Face's GPT-2 `model.safetensors` (no lm_head: tied).
 
-    Introduced in: notebooks/05_loading_gpt2.ipynb
+    Not in a notebook: a test fixture for the Hugging Face loader (tests/test_weights.py).
     """
     from safetensors.torch import save_file
 

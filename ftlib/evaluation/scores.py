@@ -1,4 +1,5 @@
-"""Offline scores of a model's responses: exact and loose match, token F1, ROUGE-L.
+"""Offline scores of a model's responses: exact and loose match, contains the answer,
+token F1, ROUGE-L.
 
 They need nothing but the references, overall and per task family
 (`score_responses`): cheap and repeatable, but they reward copying the reference's
@@ -11,8 +12,8 @@ from collections import Counter, defaultdict
 from ftlib.plumbing.errors import ConfigError, DataError
 from ftlib.plumbing.fileio import atomic_path
 
-METRICS = ("exact_match", "loose_match", "token_f1", "rouge_l")
-METRIC_LABELS = {"exact_match": "exact", "loose_match": "loose",
+METRICS = ("exact_match", "loose_match", "contains_answer", "token_f1", "rouge_l")
+METRIC_LABELS = {"exact_match": "exact", "loose_match": "loose", "contains_answer": "contains",
                  "token_f1": "token F1", "rouge_l": "ROUGE-L"}
 UNLABELLED = "unlabelled"
 
@@ -89,6 +90,22 @@ def _prf(overlap, n_pred, n_ref):
     return 2 * precision * recall / (precision + recall)
 
 
+def contains_answer(pred, ref):
+    """1.0 if the reference's words appear in the response, in order and together,
+    after `loose_normalize` ("The answer is Moscow." contains "Moscow"), else 0.0.
+
+    What a model knows, whatever the form of its answer: the base often says the right
+    thing in the wrong form; exact match counts only the form asked for.
+
+    Introduced in: notebooks/07_evaluation.ipynb
+    """
+    answer, response = loose_normalize(ref).split(), loose_normalize(pred).split()
+    if not answer:
+        return float(not response)
+    n = len(answer)
+    return float(any(response[i:i + n] == answer for i in range(len(response) - n + 1)))
+
+
 def token_f1(pred, ref):
     """SQuAD-style F1 of the two answers' bags of words (after `loose_normalize`).
 
@@ -140,7 +157,7 @@ def score_responses(entries, json_key="model_response", ref_key="output"):
     Returns fractions from 0 to 1 (format them with `format_scores`):
 
         {"overall": {"n": 110, "exact_match": 0.12, "loose_match": 0.21,
-                     "token_f1": 0.55, "rouge_l": 0.52},
+                     "contains_answer": 0.48, "token_f1": 0.55, "rouge_l": 0.52},
          "per_task": {"antonym": {...same fields...}, ...}}
 
     `per_task` groups entries by their `"task"` key (sorted by name); entries
@@ -164,7 +181,8 @@ def score_responses(entries, json_key="model_response", ref_key="output"):
                 )
         pred, ref = entry[json_key], entry[ref_key]
         row = {"exact_match": exact_match(pred, ref), "loose_match": loose_match(pred, ref),
-               "token_f1": token_f1(pred, ref), "rouge_l": rouge_l(pred, ref)}
+               "contains_answer": contains_answer(pred, ref), "token_f1": token_f1(pred, ref),
+               "rouge_l": rouge_l(pred, ref)}
         rows.append(row)
         rows_by_task[entry.get("task") or UNLABELLED].append(row)
     return {
@@ -176,8 +194,8 @@ def score_responses(entries, json_key="model_response", ref_key="output"):
 def format_scores(scores):
     """A fixed-width table of `score_responses`' result, in percent.
 
-        task               n   exact   loose  token F1  ROUGE-L
-        all              110   12.7%   20.9%     55.3%    52.1%
+        task               n   exact   loose contains token F1  ROUGE-L
+        all              110   12.7%   20.9%    48.0%    55.3%    52.1%
         antonym           12   ...
 
     Introduced in: notebooks/07_evaluation.ipynb

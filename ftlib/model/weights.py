@@ -434,7 +434,7 @@ def load_hf_safetensors_into_gpt(model, path):
     No TensorFlow needed. The config must match the file's size, as with OpenAI's
     checkpoints (e.g. `get_config("gpt2-small (124M)")` for openai-community/gpt2).
 
-    Introduced in: notebooks/05_loading_gpt2.ipynb
+    Not in a notebook: an alternative to the chapter's loader; tests/test_weights.py checks it.
     """
     state_dict = read_safetensors(path)
     try:
