@@ -1,12 +1,18 @@
-"""Command line: `python -m ftlib finetune [options]`, `python -m ftlib dpo [options]`
-and `python -m ftlib export-hf RUN OUT`.
+"""Command line: `python -m ftlib finetune | dpo | export-hf | export-gguf | chat`.
+
+    python -m ftlib finetune [options]        instruction fine-tuning, end to end
+    python -m ftlib dpo [options]             preference tuning (DPO) of a fine-tuned run
+    python -m ftlib export-hf RUN OUT         a run folder -> a Hugging Face GPT-2 folder
+    python -m ftlib export-gguf RUN OUT       a run folder -> GGUF (llama.cpp, Ollama) + Modelfile
+    python -m ftlib chat [RUN]                talk to a run's model in the terminal, answers streamed
 
 The options of `finetune` and `dpo` are made from the fields of `RunConfig` and
 `DPOConfig` (ftlib/config.py, where every setting, its help and its default live):
 one option per field, so no setting lacks a flag and no flag drifts from its field.
 The CLI parses them into a config, optionally on top of an earlier run's
 config.json (`--config`), and calls `finetune(config)` or `preference_tune(config)`,
-or prints the resolved settings (`--print-config`). An error a user can cause, a
+or prints the resolved settings (`--print-config`); a finished run then prints the
+commands of its next steps (chat, export, DPO). An error a user can cause, a
 mistyped option included, exits with status 2 and one line, without a traceback.
 
 Not in a notebook: the command line itself; notebooks call ftlib.pipeline directly.
@@ -21,8 +27,9 @@ import signal
 import sys
 from pathlib import Path
 
-from ftlib.config import (GPT2_DEFAULTS, TINY_DEFAULTS, DPOConfig, RunConfig, check_config,
-                          config_json, field_type, option, resolve_config)
+from ftlib.config import (GPT2_DEFAULTS, MAX_NEW_TOKENS, TINY_DEFAULTS, DPOConfig, RunConfig,
+                          check_config, config_json, field_type, model_entry, option, resolve_config)
+from ftlib.plumbing.envcheck import check_bundled_files
 from ftlib.plumbing.errors import ConfigError, FtlibError
 
 # torch (through ftlib.pipeline) is imported only to run a command: `--help` and
@@ -123,7 +130,7 @@ def add_run_options(parser, what):
 
 
 def build_parser():
-    """The parser of `python -m ftlib`: finetune, dpo and export-hf.
+    """The parser of `python -m ftlib`: finetune, dpo, export-hf, export-gguf and chat.
 
     Not in a notebook: the command line.
     """
@@ -149,7 +156,44 @@ def build_parser():
     ex = sub.add_parser("export-hf", help="export a run folder to a Hugging Face GPT-2 folder")
     ex.add_argument("run_dir", type=Path, help="a run folder of `finetune` (config.json, model.pth)")
     ex.add_argument("out_dir", type=Path, help="the folder to write (replaced if it exists)")
+    eg = sub.add_parser("export-gguf", help="export a run folder to GGUF (llama.cpp, Ollama) with a Modelfile")
+    eg.add_argument("run_dir", type=Path, help="a run folder of `finetune` (config.json, model.pth)")
+    eg.add_argument("out_dir", type=Path, help="the folder to write: model.gguf and Modelfile (replaced if it exists)")
+    ch = sub.add_parser("chat", help="talk to a run folder's model in the terminal",
+                        description="Talk to a run folder's model: type a question, the answer "
+                                    "streams in as it is generated, in the run's prompt style. "
+                                    "Each question is answered on its own (no memory of earlier "
+                                    "turns). Lines piped in are answered one per line.")
+    ch.add_argument("run_dir", type=Path, nargs="?", default=Path("runs/latest"),
+                    help="a run folder of `finetune` or `dpo` (default: runs/latest)")
+    ch.add_argument("--temperature", type=_at_least(float, 0.0), default=0.0, metavar="X",
+                    help="sampling temperature (default: 0, greedy: the same answer every time)")
+    ch.add_argument("--top-k", type=_at_least(int, 1), default=None, metavar="N",
+                    help="sample from the N likeliest tokens only (default: all; needs --temperature)")
+    ch.add_argument("--max-new-tokens", type=_at_least(int, 1), default=MAX_NEW_TOKENS, metavar="N",
+                    help=f"longest answer, in tokens (default: {MAX_NEW_TOKENS})")
+    ch.add_argument("--base", action="store_true",
+                    help="talk to the pretrained model the run started from, before fine-tuning "
+                         "(to compare)")
     return parser
+
+
+def _at_least(kind, minimum):
+    """An argparse type: a value of `kind` not below `minimum` (else the parser's error)."""
+    def convert(text):
+        try:
+            value = kind(text)
+            if value != value:  # NaN
+                raise ValueError(text)
+        except ValueError:
+            what = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is below {minimum:g}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its message
+    return convert
 
 
 def _file_value(path, config_class, f, value):
@@ -247,6 +291,55 @@ def resolved_settings(args, config_class):
     return config_json(config)
 
 
+def bundled_files(config):
+    """The repository's files a run of `config` (RunConfig or DPOConfig) would read, as
+    `check_bundled_files` takes them: the bundled data without --data, the committed
+    base for --model gpt2-tiny-base, the bundled preference pairs without dpo's --data.
+    An unknown --model is left to the run's own error.
+
+    Not in a notebook: the CLI's check of a non-editable install.
+    """
+    if isinstance(config, DPOConfig):
+        from ftlib.training.dpo import PREFERENCE_DATA_PATH
+
+        return [] if config.data is not None else [(PREFERENCE_DATA_PATH, "the bundled preference data",
+                                                    "--data FILE")]
+    import ftlib.data.instructions as instructions
+    import ftlib.model.base as base
+
+    needed = []
+    if config.data is None and config.dataset == "bundled":
+        needed.append((instructions.BUNDLED_DATA_PATH, "the bundled data", "--data FILE"))
+    try:
+        kind = model_entry(config.model).kind
+    except ConfigError:
+        kind = None
+    if kind == "base":
+        needed.append((base.BASE_MODEL_DIR, "the pretrained base",
+                       "--model gpt2 (downloaded)"))
+    return needed
+
+
+def next_steps(out, dpo=False):
+    """The commands to use a finished run folder `out`: chat with it, export it, and
+    (after `finetune`) preference-tune it, as the text to print.
+
+    Not in a notebook: what `python -m ftlib finetune` and `dpo` print last.
+    """
+    import shlex
+
+    run = shlex.quote(str(out))
+    name = Path(out).name or "run"
+    sibling = lambda suffix: shlex.quote(str(Path(out).with_name(f"{name}-{suffix}")))  # noqa: E731
+    steps = [(f"python -m ftlib chat {run}", "talk to it (--base: the model before fine-tuning)"),
+             (f"python -m ftlib export-hf {run} {sibling('hf')}", "a Hugging Face folder"),
+             (f"python -m ftlib export-gguf {run} {sibling('gguf')}", "GGUF + Modelfile for llama.cpp, Ollama")]
+    if not dpo:
+        steps.append((f"python -m ftlib dpo --run {run} --out {sibling('dpo')}", "preference tuning (DPO)"))
+    width = max(len(command) for command, _ in steps)
+    return "Next steps:\n" + "\n".join(f"  {command:<{width}}  # {what}" for command, what in steps)
+
+
 def _torchrun_rank():
     """RANK when torchrun started this process, else 0 (read from the environment:
     the process group may be gone by the time an error is reported). Without torch:
@@ -303,15 +396,30 @@ def main(argv=None):
         if args.command == "finetune":
             from ftlib.pipeline import finetune
 
-            finetune(config_from_args(args))
+            config = config_from_args(args)
+            check_bundled_files(bundled_files(config))
+            if finetune(config) is not None:  # None: another process than rank 0 under torchrun
+                print(next_steps(config.out), flush=True)
         elif args.command == "dpo":
             from ftlib.training.dpo import preference_tune
 
-            preference_tune(config_from_args(args, DPOConfig))
+            config = config_from_args(args, DPOConfig)
+            check_bundled_files(bundled_files(config))
+            if preference_tune(config) is not None:
+                print(next_steps(config.out, dpo=True), flush=True)
         elif args.command == "export-hf":
             from ftlib.model.export import main_export
 
             main_export(args.run_dir, args.out_dir)
+        elif args.command == "export-gguf":
+            from ftlib.model.gguf_export import main_export_gguf
+
+            main_export_gguf(args.run_dir, args.out_dir)
+        elif args.command == "chat":
+            from ftlib.classroom.chat import main_chat
+
+            main_chat(args.run_dir, base=args.base, temperature=args.temperature, top_k=args.top_k,
+                      max_new_tokens=args.max_new_tokens)
     except FtlibError as exc:
         _report_error(exc)
         return 2

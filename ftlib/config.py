@@ -88,16 +88,47 @@ MODELS = {
 }
 
 
+# Other names of the OpenAI GPT-2 sizes: the short names, the sizes alone and Hugging
+# Face's repository names. Each means its canonical name (the key of MODELS), which
+# is what a run records.
+MODEL_ALIASES = {
+    **dict.fromkeys(("gpt2", "gpt2-small", "124M", "openai-community/gpt2"), "gpt2-small (124M)"),
+    **dict.fromkeys(("gpt2-medium", "355M", "openai-community/gpt2-medium"), "gpt2-medium (355M)"),
+    **dict.fromkeys(("gpt2-large", "774M", "openai-community/gpt2-large"), "gpt2-large (774M)"),
+    **dict.fromkeys(("gpt2-xl", "1558M", "openai-community/gpt2-xl"), "gpt2-xl (1558M)"),
+}
+# Hugging Face's repository of each size's weights (its model.safetensors), by OpenAI's size.
+GPT2_HF_REPOS = {"124M": "openai-community/gpt2", "355M": "openai-community/gpt2-medium",
+                 "774M": "openai-community/gpt2-large", "1558M": "openai-community/gpt2-xl"}
+# Where an OpenAI GPT-2 size's weights come from (RunConfig.weights_source).
+WEIGHTS_SOURCES = ("safetensors", "tensorflow")
+
+
+def model_name(name):
+    """The canonical name (a key of `MODELS`) of a model's name or alias:
+    "gpt2-medium" -> "gpt2-medium (355M)". ConfigError listing the names and the
+    aliases otherwise.
+
+    Not in a notebook: how RunConfig's `model` and `get_config` read a name.
+    """
+    if isinstance(name, str) and name in MODELS:
+        return name
+    if isinstance(name, str) and name in MODEL_ALIASES:
+        return MODEL_ALIASES[name]
+    allowed = ", ".join(repr(n) for n in MODELS)
+    raise ConfigError(f"unknown model {name!r}; choose one of: {allowed}; "
+                      f"or an alias: {', '.join(MODEL_ALIASES)}")
+
+
 def model_entry(name):
-    """The `MODELS` entry of `name`; ConfigError listing the known models otherwise."""
-    if name not in MODELS:
-        allowed = ", ".join(repr(n) for n in MODELS)
-        raise ConfigError(f"unknown model {name!r}; choose one of: {allowed}")
-    return MODELS[name]
+    """The `MODELS` entry of `name` (or of an alias); ConfigError listing the known
+    models and aliases otherwise."""
+    return MODELS[model_name(name)]
 
 
 def get_config(name):
-    """The full GPTModel config dict of a model of `MODELS` (a copy).
+    """The full GPTModel config dict of a model of `MODELS` (a copy); `name` may be
+    an alias ("gpt2-medium").
 
     Introduced in: notebooks/05_loading_gpt2.ipynb
     """
@@ -138,9 +169,16 @@ class RunConfig:
     max_train_entries: int = setting(None, "train on the first N training entries only (exercise 7.3; "
                                        "default: all)")
     # model
+    # no `choices`: the names are checked by `model_name`, which also accepts the aliases
     model: str = setting(TINY_BASE_NAME, "the committed pretrained base (offline), 'tiny' (random "
-                         "weights) or an OpenAI GPT-2 size (downloads)", tuple(MODELS))
-    weights_dir: Path = setting(None, "where GPT-2 checkpoints are downloaded (default: gpt2/)")
+                         "weights) or an OpenAI GPT-2 size (downloads); one of: "
+                         + ", ".join(f'"{n}"' if " " in n else n for n in MODELS)
+                         + "; aliases are accepted: " + ", ".join(MODEL_ALIASES))
+    weights_dir: Path = setting(None, "where GPT-2's weights are downloaded, a folder per size "
+                                "(default: gpt2/)")
+    weights_source: str = setting("safetensors", "an OpenAI GPT-2 size's weights: Hugging Face's "
+                                  "model.safetensors, or OpenAI's TensorFlow checkpoint (the "
+                                  "chapter's; needs tensorflow)", WEIGHTS_SOURCES)
     lora_rank: int = setting(None, "train LoRA adapters of this rank instead of all weights "
                              "(exercise 7.4; default: none, all weights train)")
     lora_alpha: float = setting(16.0, "LoRA scaling alpha (the book's)")
@@ -171,6 +209,8 @@ class RunConfig:
     out: Path = setting(Path("runs/latest"), "the run folder to write")
     resume: bool = setting(False, "continue from OUT/checkpoint.pt")
     progress: bool = setting(True, "progress bars")
+    tensorboard: bool = setting(False, "also write the training log (OUT/history.jsonl) as "
+                                "TensorBoard event files in OUT/tensorboard/ (pip install tensorboard)")
 
 
 @dataclass
@@ -196,6 +236,8 @@ class DPOConfig:
     seed: int = setting(123, "the random seed", minimum=0)
     device: str = setting(None, "cpu, cuda or mps (default: the best available)")
     progress: bool = setting(True, "progress bars")
+    tensorboard: bool = setting(False, "also write the training log (OUT/history.jsonl) as "
+                                "TensorBoard event files in OUT/tensorboard/ (pip install tensorboard)")
     skip_unusable_pairs: bool = setting(True, "skip an unusable pair (chosen and rejected "
                                         "identical, one empty, longer than the model's "
                                         "context); off: refuse the file")
@@ -243,15 +285,22 @@ def check_config(config):
                 raise ConfigError(f"{option(f.name)} must be a positive, finite number, got {value!r}")
         if kind is Path and not isinstance(value, (str, Path)):
             raise ConfigError(f"{option(f.name)} must be a path, got {value!r}")
+    if getattr(config, "model", None) is not None:  # RunConfig's: a name of MODELS or an alias
+        try:
+            model_name(config.model)
+        except ConfigError as exc:
+            raise ConfigError(f"{option('model')}: {exc}") from None
 
 
 def resolve_config(config):
-    """A copy of `config` with the model's defaults filled in; raises ConfigError on
-    a bad value, an unknown model or a missing weights folder, before any work.
+    """A copy of `config` with the model's canonical name (for an alias) and defaults
+    filled in; raises ConfigError on a bad value, an unknown model or a missing
+    weights folder, before any work.
 
     Introduced in: notebooks/06_finetuning.ipynb
     """
     check_config(config)
+    config = dataclasses.replace(config, model=model_name(config.model))  # an alias: its name
     entry = model_entry(config.model)
     if config.lora_rank is not None and config.lora_rank > entry.config["emb_dim"]:
         # a rank above the layers' width adds parameters and memory, not expressiveness

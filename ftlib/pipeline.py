@@ -10,6 +10,10 @@ The run folder (`config.out`, default runs/latest/):
 
     config.json          the settings of the run (model config included)
     loss-plot.png        training and validation loss
+    history.jsonl        the training log: a line of JSON per evaluation (step, epoch,
+                         tokens_seen, lr, train_loss, val_loss, tokens_per_s), written
+                         as the run goes; ftlib.training.read_history reads it
+    tensorboard/         the same as TensorBoard event files (--tensorboard)
     test-responses.json  held-out entries with the model's responses before and after
     pretraining-only-responses.json  the same for the facts only pretraining states
                          (bundled data)
@@ -61,11 +65,14 @@ def finetune(config=None, log=print):
     from ftlib.plumbing.distributed import is_main_process, main_process_first, processes, rank, world_size
     from ftlib.plumbing.envcheck import check_run_environment
     from ftlib.plumbing.runfolder import prepare_run_folder, resume_checkpoint, run_folder
-    from ftlib.training.loop import Checkpoints, make_optimizer, train_model, warmup_cosine_schedule
+    from ftlib.training.loop import (HISTORY_FILE, Checkpoints, check_tensorboard, make_optimizer,
+                                     train_model, warmup_cosine_schedule)
     from ftlib.training.precision import training_precision
 
     check_run_environment()  # output that cannot print, a matplotlib backend that is not there
     config = resolve_config(config or RunConfig())
+    if config.tensorboard:
+        check_tensorboard()
     with processes(config.device) as device:  # under torchrun: the process group, joined and left
         main, n_proc = is_main_process(), world_size()
         log = log if (log and main) else _quiet
@@ -96,7 +103,12 @@ def finetune(config=None, log=print):
             scheduler = warmup_cosine_schedule(optimizer, total_steps) if config.warmup_cosine else None
             autocast_dtype = training_precision(device, config.mixed_precision)
             where = f"{n_proc} processes ({device.type})" if n_proc > 1 else str(device)
-            log(f"Fine-tuning {config.model} on {where}: {config.epochs} epochs, batch {config.batch_size}, "
+            full_steps = len(train_loader) * config.epochs
+            epochs, steps = (f"{n} {what}{'s' if n != 1 else ''}" for n, what in
+                             ((config.epochs, "epoch"), (total_steps, "step")))
+            length = (f"{steps} (of {epochs}, {full_steps} steps)" if total_steps < full_steps
+                      else f"{epochs} ({steps})")
+            log(f"Fine-tuning {config.model} on {where}: {length}, batch {config.batch_size}, "
                 f"lr {config.lr}, mask prompt {config.mask_prompt}, "
                 f"{'bf16 mixed precision' if autocast_dtype else 'float32'}")
             if resume is not None:
@@ -110,7 +122,9 @@ def finetune(config=None, log=print):
                                   scheduler=scheduler, grad_clip=config.grad_clip,
                                   max_steps=config.max_steps, autocast_dtype=autocast_dtype,
                                   checkpoints=checkpoints, log=_shown_as(log, folder),
-                                  progress=config.progress)
+                                  progress=config.progress,
+                                  history_file=folder.work / HISTORY_FILE if main else None,
+                                  tensorboard_dir=folder.work / "tensorboard" if main and config.tensorboard else None)
             train_time = time.perf_counter() - start
             with main_process_first():  # the others wait until rank 0 has written the run folder
                 if not main:
@@ -177,11 +191,13 @@ def load_data(config, log=print):
 
     Introduced in: notebooks/06_finetuning.ipynb
     """
-    from ftlib.data.instructions import (BUNDLED_DATA_PATH, CHAPTER_DATA_URL, download_and_load_file,
-                            load_instruction_data)
+    from ftlib.data.instructions import (BUNDLED_DATA_PATH, CHAPTER_DATA_URL, check_style_fits,
+                                         download_and_load_file, load_instruction_data)
 
     if config.data is not None:
-        return str(config.data), load_instruction_data(config.data)
+        entries = load_instruction_data(config.data)
+        check_style_fits(entries, config.prompt_style, config.data)
+        return str(config.data), entries
     if config.dataset == "chapter":
         path = Path("data/downloads/instruction-data.json")
         log(f"Chapter dataset: {CHAPTER_DATA_URL} -> {path}")
@@ -208,7 +224,7 @@ def split_for_training(config, data):
 def build_model(config, device="cpu", log=print):
     """The run's GPTModel on `device`: the committed pretrained base, the tiny model
     with random weights, or OpenAI's pretrained GPT-2 (downloaded to
-    `config.weights_dir`); with LoRA if asked.
+    `config.weights_dir`, from `config.weights_source`); with LoRA if asked.
 
     Introduced in: notebooks/06_finetuning.ipynb
     """
@@ -222,13 +238,18 @@ def build_model(config, device="cpu", log=print):
         log(f"Model: {config.model}, pretrained on {info['corpus']} "
             f"({info['fact_completion']['overall']:.0%} of its facts completed)")
     elif entry.kind == "gpt2":
-        from ftlib.model.weights import download_and_load_gpt2, load_weights_into_gpt
+        from ftlib.model.weights import (download_and_load_gpt2, download_and_load_hf_gpt2,
+                                         load_weights_into_gpt)
 
         model = GPTModel(dict(entry.config))
-        models_dir = config.weights_dir or Path("gpt2")
-        _, params = download_and_load_gpt2(model_size=entry.download, models_dir=models_dir)
-        load_weights_into_gpt(model, params)
-        log(f"Loaded OpenAI's pretrained {config.model} from {models_dir}")
+        models_dir = Path(config.weights_dir or "gpt2")
+        if config.weights_source == "tensorflow":  # the chapter's checkpoint (notebook 05)
+            _, params = download_and_load_gpt2(model_size=entry.download, models_dir=models_dir)
+            load_weights_into_gpt(model, params)
+            where = f"{models_dir / entry.download} (OpenAI's TensorFlow checkpoint)"
+        else:  # Hugging Face's model.safetensors: the same numbers, no TensorFlow
+            where = download_and_load_hf_gpt2(model, entry.download, models_dir, progress=config.progress)
+        log(f"Loaded OpenAI's pretrained {config.model} from {where}")
     else:
         model = GPTModel(dict(entry.config))
         log("Model: tiny GPT, random initial weights (trained from scratch here)")

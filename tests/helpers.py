@@ -6,7 +6,7 @@ import threading
 
 # What a finished run of `python -m ftlib finetune` leaves in its folder.
 RUN_FILES = {"config.json", "loss-plot.png", "test-responses.json", "metrics.json", "ftlib-run.json",
-             "model.pth", "checkpoint.pt"}
+             "model.pth", "checkpoint.pt", "history.jsonl"}
 
 # Four entries with the model's responses: two of task family "A", one of "B", one
 # without a task; their offline scores are worked out by hand in test_scores.py.

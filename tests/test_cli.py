@@ -312,3 +312,85 @@ def test_bad_values_of_generated_flags_are_one_line(tmp_path, capsys, args, expe
     out = tmp_path / "run"
     _fails_cleanly(["finetune", "--out", str(out), *args], out, capsys, *expected)
     _fails_cleanly(["finetune", "--print-config", *args], out, capsys, *expected)
+
+
+# --- what a run says: its length under --max-steps, its next steps; a wheel's missing files ---
+
+def test_header_tells_the_steps_under_max_steps_and_the_end_the_next_steps(small_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(quick_args(small_data, out, "--max-steps", "2", "--epochs", "3")) == 0
+    printed = capsys.readouterr().out
+    # 51 training entries in batches of 4: 12 steps an epoch (the last batch dropped)
+    assert "Fine-tuning gpt2-tiny-base on cpu: 2 steps (of 3 epochs, 36 steps), batch 4," in printed
+    steps = printed[printed.index("Next steps:"):].splitlines()
+    commands = [line.split("  #")[0].strip() for line in steps[1:]]
+    assert commands == [f"python -m ftlib chat {out}",
+                        f"python -m ftlib export-hf {out} {out}-hf",
+                        f"python -m ftlib export-gguf {out} {out}-gguf",
+                        f"python -m ftlib dpo --run {out} --out {out}-dpo"]
+
+
+def test_a_whole_run_tells_its_epochs_and_steps(small_data, tmp_path, capsys):
+    assert main(quick_args(small_data, tmp_path / "run", "--epochs", "1", "--max-train-entries", "8")) == 0
+    assert "Fine-tuning gpt2-tiny-base on cpu: 1 epoch (2 steps), batch 4," in capsys.readouterr().out
+
+
+def test_dpo_ends_with_its_next_steps(tmp_path, monkeypatch, capsys):
+    import ftlib.training.dpo
+
+    monkeypatch.setattr(ftlib.training.dpo, "preference_tune", lambda config: {"done": True})
+    out = tmp_path / "my dpo"
+    assert main(["dpo", "--run", str(tmp_path / "run"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("Next steps:\n")
+    assert f"python -m ftlib chat '{out}'" in printed  # quoted: the path has a space
+    assert f"python -m ftlib export-gguf '{out}' '{out}-gguf'" in printed
+    assert "ftlib dpo" not in printed
+
+
+def _without_the_repository(monkeypatch, tmp_path):
+    """The bundled files' paths as in a non-editable install: beside the package, not there."""
+    import ftlib.data.instructions
+    import ftlib.model.base
+    import ftlib.training.dpo
+
+    site = tmp_path / "site-packages"
+    monkeypatch.setattr(ftlib.data.instructions, "BUNDLED_DATA_PATH", site / "data" / "instruction-data.json")
+    monkeypatch.setattr(ftlib.model.base, "BASE_MODEL_DIR", site / "models" / "gpt2-tiny-base")
+    monkeypatch.setattr(ftlib.training.dpo, "PREFERENCE_DATA_PATH", site / "data" / "preference-data.json")
+    return site
+
+
+def test_a_non_editable_install_says_to_run_from_a_clone(small_data, tmp_path, monkeypatch, capsys):
+    _without_the_repository(monkeypatch, tmp_path)
+    out = tmp_path / "run"
+    _fails_cleanly(["finetune", "--out", str(out)], out, capsys, "the bundled data (data/instruction-data.json)",
+                   "the pretrained base (models/gpt2-tiny-base)", "not in this install",
+                   "`pip install -e .`", "--data FILE and --model")
+    _fails_cleanly(quick_args(small_data, out), out, capsys, "the pretrained base", "--model")
+    _fails_cleanly(["dpo", "--run", str(tmp_path), "--out", str(out)], out, capsys,
+                   "the bundled preference data", "`pip install -e .`", "--data FILE")
+    from ftlib.config import TINY_BASE_CONFIG
+
+    run = tmp_path / "a-run"  # chat --base reads its config.json alone
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "gpt2-tiny-base", "model_config": TINY_BASE_CONFIG}))
+    _fails_cleanly(["chat", str(run), "--base"], out, capsys, "the pretrained base", "`pip install -e .`")
+
+
+def test_a_clone_missing_a_bundled_file_is_told_which(tmp_path, monkeypatch, capsys):
+    site = _without_the_repository(monkeypatch, tmp_path)
+    site.mkdir()
+    (site / "pyproject.toml").write_text("")  # a clone: the repository is there, the file is not
+    out = tmp_path / "run"
+    _fails_cleanly(["finetune", "--out", str(out), "--model", "tiny"], out, capsys,
+                   "the bundled data (data/instruction-data.json) not found", "--data FILE")
+
+
+def test_chat_help_does_not_import_torch():
+    code = ("import sys\nfrom ftlib.cli import build_parser\n"
+            "try:\n    build_parser().parse_args(['chat', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False"

@@ -133,7 +133,7 @@ def test_dpo_command_tunes_a_run_and_writes_its_folder(small_data, tmp_path, cap
     assert main(["dpo", "--run", str(sft), "--out", str(out), "--data", str(pairs), "--batch-size", "8",
                  "--max-new-tokens", "3", "--no-progress"]) == 0
     assert {p.name for p in out.iterdir()} == {"config.json", "metrics.json", "model.pth", "ftlib-run.json",
-                                                "test-responses.json", "dpo-plot.png"}
+                                                "test-responses.json", "dpo-plot.png", "history.jsonl"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 7 and metrics["after"]["n"] == 6  # 51 pairs in batches of 8
     assert set(metrics["goals"]) >= {"met", "full_sentence_at_least"}

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -168,7 +170,7 @@ def test_export_files_and_reexport(tmp_path):
     names = {p.name for p in out.iterdir()}
     assert names == EXPORT_FILES == {"config.json", "model.safetensors", "generation_config.json", "vocab.json",
                                      "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
-                                     EXPORT_MARKER}
+                                     "chat_template.jinja", "README.md", EXPORT_MARKER}
     assert "separate from" in lines[0]
     tok_cfg = json.loads((out / "tokenizer_config.json").read_text())
     assert tok_cfg["model_max_length"] == 64 and tok_cfg["eos_token"] == "<|endoftext|>"
@@ -236,3 +238,74 @@ def test_bad_run_folders_raise_ftlib_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not fit the model_config"):
         export_hf(run, out)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("style", ["alpaca", "phi3"])
+def test_chat_template_gives_ftlib_prompt(hf, tmp_path, style):
+    from ftlib.data.instructions import format_input, format_response
+    run = write_run(tmp_path / "run", fine_tuned_model(TOY_CONFIG), prompt_style=style)
+    out = export_hf(run, tmp_path / "hf")
+    tok = hf.AutoTokenizer.from_pretrained(out)
+    assert tok.pad_token_id == tok.eos_token_id == 50256
+    entry = {"instruction": "Name a color.\nAny one.", "input": "", "output": "Red."}
+    user = [{"role": "user", "content": entry["instruction"]}]
+    prompt = format_input(entry, style) + format_response({"output": ""}, style)
+    assert tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False) == prompt
+    assert tok.apply_chat_template(user, tokenize=False) == format_input(entry, style)
+    example = user + [{"role": "assistant", "content": entry["output"]}]  # a training example
+    assert (tok.apply_chat_template(example, tokenize=False)
+            == format_input(entry, style) + format_response(entry, style) + "<|endoftext|>")
+    # the same ids as ftlib's tokenizer gives the prompt
+    ids = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    assert list(ids) == get_gpt2_tokenizer().encode(prompt)
+    # the template file and tokenizer_config.json hold the same template
+    assert json.loads((out / "tokenizer_config.json").read_text())["chat_template"] == (
+        out / "chat_template.jinja").read_text()
+    system = [{"role": "system", "content": "You answer in one word."}] + user
+    if style == "alpaca":
+        assert tok.apply_chat_template(system, add_generation_prompt=True, tokenize=False) == (
+            prompt.replace(prompt.split("\n\n")[0], "You answer in one word.", 1))
+    else:
+        with pytest.raises(Exception, match="no system message"):
+            tok.apply_chat_template(system, add_generation_prompt=True, tokenize=False)
+
+
+def test_pipeline_with_messages_gives_ftlib_greedy_answer(hf, tmp_path):
+    from ftlib.data.instructions import format_input
+    model = fine_tuned_model(TOY_CONFIG)
+    tokenizer = get_gpt2_tokenizer()
+    first = format_input({"instruction": "Name a color.", "input": ""}) + "\n\n### Response:\n"
+    idx = torch.tensor([tokenizer.encode(first)])
+    fourth = generate(model, idx, max_new_tokens=4, context_size=64)[0, -1]
+    with torch.no_grad():  # a strong <|endoftext|>: the answer stops after a few tokens
+        model.out_head.weight[50256] = 2 * model.out_head.weight[fourth]
+    out = export_hf(write_run(tmp_path / "run", model), tmp_path / "hf")
+    lengths = []
+    for question in ["Name a color.", "What is 2 + 3?"]:
+        prompt = format_input({"instruction": question, "input": ""}) + "\n\n### Response:\n"
+        idx = torch.tensor([tokenizer.encode(prompt)])
+        ours = generate(model, idx, max_new_tokens=20, context_size=64, eos_id=50256)[0, idx.shape[1]:]
+        chat = hf.pipeline("text-generation", model=str(out), device="cpu")
+        reply = chat([{"role": "user", "content": question}], max_new_tokens=20, do_sample=False)
+        answer = reply[0]["generated_text"][-1]
+        assert answer["role"] == "assistant"
+        assert answer["content"] == tokenizer.decode(ours.tolist()), question
+        lengths.append(len(ours))
+    assert lengths[0] < 20  # stopped at <|endoftext|>, as ftlib's generation does
+
+
+def test_export_files_have_the_umask_mode(tmp_path):
+    run = write_run(tmp_path / "run", fine_tuned_model(TOY_CONFIG))
+    old = os.umask(0o027)
+    try:
+        out = export_hf(run, tmp_path / "hf")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == dict.fromkeys(EXPORT_FILES, 0o640)
+    os.umask(0o022)
+    try:
+        out = export_hf(run, tmp_path / "hf")
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}

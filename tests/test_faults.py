@@ -429,6 +429,7 @@ def test_ctrl_c_while_torch_is_imported_is_stopped_not_a_traceback(small_data, t
 def test_an_earlier_run_folder_without_the_marker_is_still_a_run(small_data, old_run):
     out, _ = old_run
     (out / "ftlib-run.json").unlink()  # as ftlib wrote run folders before the marker
+    (out / "history.jsonl").unlink()   # ... and before the training log
     code, stdout, err = _run(_args(small_data, out))
     assert code == 0, stdout + err
     assert {p.name for p in out.iterdir()} == RUN_FILES

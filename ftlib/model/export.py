@@ -30,6 +30,7 @@ from ftlib.plumbing.fileio import current_umask, replace_folder
 from ftlib.model.gpt2_names import gpt_to_params, params_to_hf_state_dict
 from ftlib.model.lora import has_lora
 from ftlib.model.files import load_run_model
+from ftlib.data.instructions import ALPACA_PREAMBLE, format_input, format_response
 from ftlib.data.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, GPT2_N_VOCAB, bundled_gpt2_files
 
 # A file in every export folder: it marks the folder as ours, so a later export may
@@ -38,7 +39,8 @@ EXPORT_MARKER = "ftlib-export.json"
 # Everything an export writes (a test checks it is the whole folder): an earlier export
 # holding anything else is not replaced.
 EXPORT_FILES = {"config.json", "model.safetensors", "generation_config.json", "vocab.json", "merges.txt",
-                "tokenizer_config.json", "special_tokens_map.json", EXPORT_MARKER}
+                "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "README.md",
+                EXPORT_MARKER}
 
 
 def gpt_to_hf_state_dict(model):
@@ -100,16 +102,71 @@ def hf_config(cfg, tie_word_embeddings, dtype=torch.float32):
     }
 
 
-def _tokenizer_files(context_length):
+def response_header(style):
+    """The text ftlib puts between the prompt and the answer: "\\n\\n### Response:\\n" (alpaca)
+    or "\\n<|assistant|>:\\n" (phi3), i.e. `format_response` with an empty output.
+
+    Not in a notebook: the exports' chat templates (README: "LoRA and export to Hugging Face").
+    """
+    return format_response({"output": ""}, style)
+
+
+def chat_template(style):
+    """The Jinja chat template of prompt style `style` ("alpaca" or "phi3"), for transformers.
+
+    A user message X becomes `format_input({"instruction": X, "input": ""}, style)`; an
+    assistant message becomes the response header, its text and <|endoftext|> (how a
+    training example ends); `add_generation_prompt` adds the response header. So
+    `apply_chat_template([{"role": "user", "content": X}], add_generation_prompt=True,
+    tokenize=False)` is exactly the text ftlib's model was trained to answer. A first
+    system message replaces Alpaca's preamble ("Below is an instruction ..."); the phi3
+    style has no place for one, so the template refuses it. Several turns are rendered
+    as training examples one after the other (the model was trained on single turns).
+
+    Not in a notebook: the exports' chat templates (README: "LoRA and export to Hugging Face").
+    """
+    user_before, user_after = format_input({"instruction": "\x00", "input": ""}, style).split("\x00")
+    q = json.dumps  # a JSON string is a Jinja string literal
+    if style == "alpaca":
+        assert user_before.startswith(ALPACA_PREAMBLE)
+        system = ("{%- set preamble = " + q(ALPACA_PREAMBLE) + " -%}\n"
+                  "{%- if messages and messages[0]['role'] == 'system' -%}\n"
+                  "{%- set preamble = messages[0]['content'] -%}{%- set messages = messages[1:] -%}\n"
+                  "{%- endif -%}\n")
+        user = "preamble + " + q(user_before[len(ALPACA_PREAMBLE):])
+    else:
+        system = ("{%- if messages and messages[0]['role'] == 'system' -%}\n"
+                  "{{- raise_exception('the phi3 prompt style has no system message') -}}\n"
+                  "{%- endif -%}\n")
+        user = q(user_before)
+    header = q(response_header(style))
+    return (system +
+            "{%- for message in messages -%}\n"
+            "{%- if message['role'] == 'user' -%}\n"
+            "{{- " + user + " + message['content']" + (" + " + q(user_after) if user_after else "") + " -}}\n"
+            "{%- elif message['role'] == 'assistant' -%}\n"
+            "{{- " + header + " + message['content'] + eos_token -}}\n"
+            "{%- else -%}\n"
+            "{{- raise_exception('only user and assistant messages (and a first system message) are known') -}}\n"
+            "{%- endif -%}\n"
+            "{%- endfor -%}\n"
+            "{%- if add_generation_prompt -%}{{- " + header + " -}}{%- endif -%}\n")
+
+
+def _tokenizer_files(context_length, style="alpaca"):
     """{file name: bytes} for the GPT-2 tokenizer, from the bundled encoder.json and vocab.bpe."""
     encoder_json, vocab_bpe = bundled_gpt2_files()
-    special = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT}
+    # GPT-2 has no padding token; pipelines that batch need one, and the chapter pads with this one
+    special = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "unk_token": END_OF_TEXT,
+               "pad_token": END_OF_TEXT}
     tokenizer_config = {
         "tokenizer_class": "GPT2Tokenizer",
         "model_max_length": context_length,
         "add_prefix_space": False,  # "Hello" and " Hello" stay different tokens, as in tiktoken
         "add_bos_token": False,
         "errors": "replace",
+        # transformers >= 4.43 reads chat_template.jinja first; older ones and other tools read this
+        "chat_template": chat_template(style),
         **special,
     }
     try:
@@ -119,6 +176,7 @@ def _tokenizer_files(context_length):
             "merges.txt": Path(vocab_bpe).read_bytes(),
             "tokenizer_config.json": _json_bytes(tokenizer_config),
             "special_tokens_map.json": _json_bytes(special),
+            "chat_template.jinja": chat_template(style).encode("utf-8"),
         }
     except OSError as exc:
         raise FtlibError(f"cannot read the bundled GPT-2 tokenizer files: {exc}") from exc
@@ -128,13 +186,67 @@ def _json_bytes(obj):
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def save_hf_model(model, out_dir, source=None):
+def model_card(run_config, metrics, style, tied):
+    """The export's README.md: base model, data, prompt format, settings, scores, how to load.
+
+    `run_config` is the run's config.json, `metrics` its metrics.json (or {}).
+
+    Not in a notebook: written by `python -m ftlib export-hf` (README: "LoRA and export to Hugging Face").
+    """
+    get = run_config.get
+    n = [metrics.get(k) for k in ("n_train", "n_val", "n_test")]
+    entries = f"{sum(n)} entries ({n[0]} train, {n[1]} validation, {n[2]} test)" if None not in n else "entries: not recorded"
+    settings = ", ".join(f"{k} {get(k)}" for k in ("epochs", "max_steps", "batch_size", "lr", "weight_decay",
+                                                   "lora_rank", "mask_prompt", "batching", "seed") if k in run_config)
+    scores = []
+    for key, name in (("held_out_exact_match", "exact match"), ("held_out_contains_answer", "contains the answer")):
+        if metrics.get(key + "_after") is not None:
+            before = metrics.get(key + "_before")
+            scores.append(f"- {name}: {metrics[key + '_after']:.1%}"
+                          + (f" (before fine-tuning: {before:.1%})" if before is not None else ""))
+    example = format_input({"instruction": "Name a color.", "input": ""}, style) + response_header(style)
+    cfg = get("model_config", {})
+    return f"""# GPT-2 fine-tuned with ftlib
+
+A `GPT2LMHeadModel` exported by `python -m ftlib export-hf` from the run `{get('out', '?')}`.
+
+- Base model: {get('model', 'not recorded')} ({cfg.get('n_layers', '?')} layers, {cfg.get('emb_dim', '?')} dimensions, context {cfg.get('context_length', '?')} tokens; output layer {'tied to' if tied else 'separate from'} the token embedding)
+- Data: {get('data') or get('dataset') or 'not recorded'}, {entries}
+- Training: {settings or 'not recorded'}
+
+## Held-out scores (the run's metrics.json)
+
+{chr(10).join(scores) or 'Not recorded.'}
+
+## Prompt format: {style}
+
+The chat template (chat_template.jinja) writes the prompt the model was trained on; the
+answer ends with `<|endoftext|>`. For the message "Name a color.":
+
+```
+{example}
+```
+
+A system message {'replaces the first line (the preamble)' if style == 'alpaca' else 'is refused: this prompt style has none'}.
+
+## Load it
+
+```python
+from transformers import pipeline
+chat = pipeline("text-generation", model="PATH/TO/THIS/FOLDER")
+print(chat([{{"role": "user", "content": "Name a color."}}], max_new_tokens=50, do_sample=False))
+```
+"""
+
+
+def save_hf_model(model, out_dir, source=None, style="alpaca", card=None):
     """Write `model` (a GPTModel, LoRA merged) as a Hugging Face GPT-2 folder; return it.
 
     Files: config.json, model.safetensors, generation_config.json, vocab.json,
     merges.txt, tokenizer_config.json, special_tokens_map.json and our marker
     ftlib-export.json. The folder is built beside `out_dir` and renamed into place,
-    so an interrupted export leaves no half-written folder. An existing `out_dir`
+    so an interrupted export leaves no half-written folder. `style` picks the chat template
+    (chat_template.jinja); `card` is the README.md text (`model_card`), a short default if None. An existing `out_dir`
     is replaced only if it is empty or an earlier export; otherwise FtlibError.
     """
     from safetensors import SafetensorError
@@ -166,7 +278,8 @@ def save_hf_model(model, out_dir, source=None):
                 # GPT-2 has no padding token; the chapter pads with <|endoftext|> too.
                 "pad_token_id": END_OF_TEXT_ID,
             }),
-            **_tokenizer_files(cfg["context_length"]),
+            **_tokenizer_files(cfg["context_length"], style),
+            "README.md": (card or model_card({"model_config": cfg}, {}, style, tied)).encode("utf-8"),
             EXPORT_MARKER: _json_bytes({
                 "source": None if source is None else str(source),
                 "gptmodel_config": cfg,
@@ -175,8 +288,7 @@ def save_hf_model(model, out_dir, source=None):
         }
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; give the usual permissions
-        replace_folder(tmp, out_dir)
+        publish_export(tmp, out_dir)
     except (OSError, SafetensorError) as exc:  # e.g. the disk is full
         shutil.rmtree(tmp, ignore_errors=True)
         raise FtlibError(f"cannot write the export folder {out_dir}: {exc}") from None
@@ -214,18 +326,50 @@ def export_hf(run_dir, out_dir):
     >>> export_hf("runs/latest", "hf-model")
     >>> # then: GPT2LMHeadModel.from_pretrained("hf-model")
     """
-    model, _ = load_run_model(run_dir)
-    return save_hf_model(model, out_dir, source=run_dir)
+    model, run_config = load_run_model(run_dir)
+    return _save_run_export(model, run_config, run_dir, out_dir)
+
+
+def _save_run_export(model, run_config, run_dir, out_dir):
+    style = run_config.get("prompt_style", "alpaca")
+    card = model_card(run_config, read_run_metrics(run_dir), style, ties_embeddings(model))
+    return save_hf_model(model, out_dir, source=run_dir, style=style, card=card)
+
+
+def read_run_metrics(run_dir):
+    """The run's metrics.json as a dict; {} if it is missing or unreadable (the card says so).
+
+    Not in a notebook: the exports' model cards (README: "LoRA and export to Hugging Face").
+    """
+    try:
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def publish_export(tmp, out_dir):
+    """Give the files written in the temporary folder `tmp` the user's usual mode
+    (safetensors writes 0600, mkdtemp makes 0700), then switch it into place as `out_dir`.
+
+    Not in a notebook: the last step of export-hf and export-gguf.
+    """
+    mask = current_umask()
+    for path in tmp.iterdir():
+        os.chmod(path, 0o666 & ~mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    replace_folder(tmp, out_dir)
 
 
 def main_export(run_dir, out_dir, log=print):
     """The CLI's `python -m ftlib export-hf RUN_DIR OUT_DIR`: export and say what was written.
     """
     _check_out_dir(Path(out_dir), run_dir)  # before the model is read
-    model, _ = load_run_model(run_dir)
+    model, run_config = load_run_model(run_dir)
     tied = ties_embeddings(model)
-    out = save_hf_model(model, out_dir, source=run_dir)
+    out = _save_run_export(model, run_config, run_dir, out_dir)
     log(f"Exported {run_dir} to {out}: GPT-2 with {model.cfg['n_layers']} layers, "
         f"output layer {'tied to' if tied else 'separate from'} the token embedding")
-    log(f"Load it with transformers: GPT2LMHeadModel.from_pretrained({str(out)!r})")
+    log(f"Chat template: the {run_config.get('prompt_style', 'alpaca')} prompt style; model card: {out / 'README.md'}")
+    log(f"Load it with transformers: pipeline('text-generation', model={str(out)!r})")
     return out

@@ -1,10 +1,12 @@
 """GPT-2's pretrained weights: download OpenAI's checkpoints, load them into GPTModel.
 
-Two sources give the same numbers:
-- OpenAI's original TensorFlow checkpoints (what the chapter downloads), read with
-  TensorFlow into a nested dict of numpy arrays, `params`;
-- Hugging Face's `model.safetensors` (openai-community/gpt2, -medium, -large, -xl),
-  read without TensorFlow into the same `params` dict.
+Two sources give the same numbers, and both are downloaded into `gpt2/<size>/`:
+- OpenAI's original TensorFlow checkpoints (what the chapter downloads,
+  `download_and_load_gpt2`), read with TensorFlow into a nested dict of numpy arrays,
+  `params`;
+- Hugging Face's `model.safetensors` (openai-community/gpt2, -medium, -large, -xl;
+  `download_and_load_hf_gpt2`, what `python -m ftlib finetune` uses by default), read
+  without TensorFlow into the same `params` dict.
 
 Two loaders then copy `params` onto the book's parameter names, with the same result
 (a test checks): the book's `load_weights_into_gpt`, written out block by block as the
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ftlib.config import GPT2_HF_REPOS
 from ftlib.plumbing.download import download_first_available
 from ftlib.plumbing.errors import ConfigError, DownloadError
 from ftlib.model.gpt2_names import (OPENAI_SCOPE, get_ours, get_param, gpt2_rows, hf_state_dict_to_params,
@@ -32,6 +35,9 @@ GPT2_URL = "https://openaipublic.blob.core.windows.net/gpt-2/models"
 GPT2_BACKUP_URL = "https://f001.backblazeb2.com/file/LLMs-from-scratch/gpt2"
 # An instructor's mirror (e.g. `python -m ftlib.classroom.serve gpt2/` on a classroom machine).
 BASE_URL_ENV = "FTLIB_GPT2_BASE_URL"
+# Hugging Face's copy of the same weights: {HF_URL}/{repository}/resolve/main/model.safetensors.
+HF_URL = "https://huggingface.co"
+SAFETENSORS_FILENAME = "model.safetensors"
 
 ALLOWED_SIZES = ("124M", "355M", "774M", "1558M")
 GPT2_FILENAMES = (
@@ -118,23 +124,8 @@ def download_and_load_gpt2(model_size, models_dir, base_url=None, progress=True,
     _check_model_size(model_size, allowed_sizes)
     model_dir = Path(models_dir) / model_size
     bases = _base_urls(base_url)
-    try:
-        if not all((model_dir / name).is_file() for name in GPT2_FILENAMES):
-            model_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=model_dir):  # can files be written there?
-                pass
-        for name in GPT2_FILENAMES:
-            download_first_available(
-                [f"{base}/{model_size}/{name}" for base in bases], model_dir / name,
-                progress=progress, desc=f"{model_size}/{name}",
-            )
-    except DownloadError:
-        raise  # names the URL (a DownloadError is an OSError too)
-    except OSError as exc:  # the weights folder, not the network: say which folder
-        raise ConfigError(f"the GPT-2 weights folder {models_dir} cannot be written "
-                          f"({exc.strerror or exc}): {model_size}'s files are downloaded into "
-                          f"{model_dir}; choose another (--weights-dir) or make it writable") from None
-
+    _download_into(models_dir, model_size, progress,
+                   {name: [f"{base}/{model_size}/{name}" for base in bases] for name in GPT2_FILENAMES})
     settings = _read_hparams(model_dir / "hparams.json")
     variables = _read_tf_checkpoint(model_dir)
     try:
@@ -144,9 +135,91 @@ def download_and_load_gpt2(model_size, models_dir, base_url=None, progress=True,
     return settings, params
 
 
-def _corrupt(model_dir, names, reason):
+def _download_into(models_dir, model_size, progress, files):
+    """Download `files` ({name: the URLs to try}) into `models_dir/model_size/`, each
+    one skipped when complete there. A folder that cannot be written is a ConfigError
+    naming it; a download that fails a DownloadError naming its URL."""
+    model_dir = Path(models_dir) / model_size
+    try:
+        if not all((model_dir / name).is_file() for name in files):
+            model_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=model_dir):  # can files be written there?
+                pass
+        for name, urls in files.items():
+            download_first_available(urls, model_dir / name, progress=progress,
+                                     desc=f"{model_size}/{name}")
+    except DownloadError:
+        raise  # names the URL (a DownloadError is an OSError too)
+    except OSError as exc:  # the weights folder, not the network: say which folder
+        raise ConfigError(f"the GPT-2 weights folder {models_dir} cannot be written "
+                          f"({exc.strerror or exc}): {model_size}'s files are downloaded into "
+                          f"{model_dir}; choose another (--weights-dir) or make it writable") from None
+
+
+def gpt2_safetensors_url(model_size, base_url=None):
+    """Where `download_and_load_hf_gpt2` fetches `model_size`'s model.safetensors from:
+    `{base}/{model_size}/model.safetensors` for a mirror (`base_url`, else
+    `$FTLIB_GPT2_BASE_URL`: the layout of ftlib's own gpt2/ folder, so an instructor's
+    `python -m ftlib.classroom.serve gpt2/` serves both sources), else Hugging Face's
+    `https://huggingface.co/openai-community/gpt2/resolve/main/model.safetensors`
+    (gpt2-medium, -large, -xl for the other sizes).
+
+    Not in a notebook: the URL behind `download_and_load_hf_gpt2`.
+    """
+    base = base_url or os.environ.get(BASE_URL_ENV)
+    if base:
+        return f"{base.rstrip('/')}/{model_size}/{SAFETENSORS_FILENAME}"
+    if model_size not in GPT2_HF_REPOS:
+        raise ConfigError(f"GPT-2 size {model_size!r} has no Hugging Face repository; "
+                          f"give a mirror (base_url or ${BASE_URL_ENV})")
+    return f"{HF_URL}/{GPT2_HF_REPOS[model_size]}/resolve/main/{SAFETENSORS_FILENAME}"
+
+
+def download_and_load_hf_gpt2(model, model_size, models_dir, base_url=None, progress=True,
+                              allowed_sizes=ALLOWED_SIZES):
+    """Download Hugging Face's model.safetensors of GPT-2 `model_size` into
+    `models_dir/model_size/` and load it into `model` (its config must be that size's);
+    returns the file's path. No TensorFlow needed.
+
+    - The file comes from `gpt2_safetensors_url` (Hugging Face, or a mirror given by
+      `base_url` or `$FTLIB_GPT2_BASE_URL`) through `download_file`, as the chapter's
+      files do: skipped when complete on disk, resumed when interrupted, renamed into
+      place only when whole, with a progress bar (`progress`).
+    - A downloaded file that is no GPT-2 safetensors of this size (an HTML page, a
+      file cut short, another size) raises DownloadError and is deleted, so the next
+      call downloads it again. A weights folder that cannot be written raises
+      ConfigError naming it. `allowed_sizes`: as for `download_and_load_gpt2`.
+
+    >>> path = download_and_load_hf_gpt2(GPTModel(get_config("gpt2")), "124M", "gpt2")
+
+    Not in a notebook: notebook 05 downloads OpenAI's checkpoint as the chapter does;
+    `python -m ftlib finetune --model gpt2` calls this (tests/test_online_gpt2.py).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    _check_model_size(model_size, allowed_sizes)
+    url = gpt2_safetensors_url(model_size, base_url)
+    _download_into(models_dir, model_size, progress, {SAFETENSORS_FILENAME: [url]})
+    model_dir = Path(models_dir) / model_size
+    path = model_dir / SAFETENSORS_FILENAME
+    try:
+        state_dict = load_file(str(path))
+    except (SafetensorError, ValueError) as exc:  # not safetensors: an HTML page, a file cut short
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise _corrupt(model_dir, (SAFETENSORS_FILENAME,), f"not a safetensors file: {reason}",
+                       url=url) from None
+    try:
+        load_gpt2_params(model, hf_state_dict_to_params(state_dict))
+    except ConfigError as exc:  # safetensors, but not GPT-2's names, or another size
+        raise _corrupt(model_dir, (SAFETENSORS_FILENAME,), str(exc), url=url) from None
+    return path
+
+
+def _corrupt(model_dir, names, reason, url=None):
     """The one place that decides which downloaded files are bad: delete `names` (and
-    nothing else) so the next call fetches them again; the DownloadError to raise."""
+    nothing else) so the next call fetches them again; the DownloadError to raise
+    (naming `url`, the one file's source, when given)."""
     which = ", ".join(str(model_dir / name) for name in names)
     for name in names:
         try:
@@ -154,8 +227,9 @@ def _corrupt(model_dir, names, reason):
         except OSError as exc:  # e.g. a read-only weights folder
             return DownloadError(f"{which}: not a valid GPT-2 download ({reason}); they cannot be "
                                  f"deleted ({exc.strerror or exc}): delete them and run again")
+    again = f"from {url}" if url else "(the other files are kept)"
     return DownloadError(f"{which}: not a valid GPT-2 download ({reason}); deleted, "
-                         "run again to download it anew (the other files are kept)")
+                         f"run again to download it anew {again}")
 
 
 def _read_hparams(path):

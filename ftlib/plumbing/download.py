@@ -445,11 +445,14 @@ def download_first_available(urls, dest, **kwargs):
     """Try each URL in order; return the path from the first that downloads.
 
     Useful with a primary URL and a backup mirror. `kwargs` go to `download_file`.
-    If every URL fails, one `DownloadError` lists each URL with its reason.
+    If every URL fails, one `DownloadError` lists each URL with its reason (with one
+    URL, its own one-line error).
     """
     urls = [urls] if isinstance(urls, str) else list(urls)
     if not urls:
         raise DownloadError(f"No URL given to download {dest}")
+    if len(urls) == 1:
+        return download_file(urls[0], dest, **kwargs)
     reasons = []
     for url in urls:
         try:

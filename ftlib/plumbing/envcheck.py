@@ -9,7 +9,9 @@ end of a run, after the training it throws away.
   (loss-plot.png, dpo-plot.png) last, and matplotlib reads the variable only then.
 
 `check_run_environment()` raises ConfigError with one line (itself plain ASCII, so
-any terminal prints it) that says what to set.
+any terminal prints it) that says what to set. `check_bundled_files(needed)` does
+the same when a file the job takes from the repository (the bundled data, the
+pretrained base) is not there, as in a non-editable install.
 
 Not in a notebook: the first step of the jobs behind `python -m ftlib finetune` and `dpo`.
 """
@@ -17,6 +19,7 @@ Not in a notebook: the first step of the jobs behind `python -m ftlib finetune` 
 import importlib.util
 import os
 import sys
+from pathlib import Path
 
 from ftlib.plumbing.errors import ConfigError
 
@@ -82,3 +85,34 @@ def _check_matplotlib_backend(backend):
         if not found:
             raise ConfigError(f"MPLBACKEND={ascii(backend)}: there is no module {ascii(module)} "
                               f"to import; {hint}")
+
+
+def check_bundled_files(needed):
+    """Raise ConfigError (one line) before any work when a file the job takes from the
+    repository is not there. `needed`: (path, what it is, the option that replaces it)
+    triples, e.g. (BUNDLED_DATA_PATH, "the bundled data", "--data FILE"); each path is
+    a file or folder one level below the repository's root (data/..., models/...).
+
+    The bundled data (data/) and the pretrained base (models/) sit beside the package,
+    in the repository: a non-editable install (`pip install .`, a wheel) has the
+    package alone. Such an install (no pyproject.toml beside the file's folder) is
+    told to run from a clone with `pip install -e .`; a clone missing a file is told
+    which one.
+
+    Not in a notebook: called by `python -m ftlib finetune`, `dpo` and `chat --base`
+    (ftlib/cli.py, ftlib/classroom/chat.py).
+    """
+    missing = [(Path(path), what, instead) for path, what, instead in needed if not Path(path).exists()]
+    if not missing:
+        return
+    names = " and ".join(f"{what} ({path.parent.name}/{path.name})" for path, what, _ in missing)
+    instead = " and ".join(option for _, _, option in missing if option)
+    root = missing[0][0].parents[1]
+    if (root / "pyproject.toml").is_file():  # a clone with a file missing
+        raise ConfigError(f"{names} not found at {missing[0][0]}: restore it from the repository "
+                          f"(git checkout -- {missing[0][0].parent.name})"
+                          + (f", or give {instead}" if instead else ""))
+    raise ConfigError(f"{names} {'are' if len(missing) > 1 else 'is'} not in this install of ftlib "
+                      "(`pip install .` copies the package alone): run from a clone of the "
+                      "repository, installed with `pip install -e .`"
+                      + (f", or give {instead}" if instead else ""))

@@ -5,7 +5,7 @@ imports each from its module).
 """
 
 from ftlib.training.book import (calc_loss_batch, calc_loss_loader, evaluate_model,
-                                 plot_losses, train_model_simple)  # noqa: F401
+                                 plot_losses, read_history, train_model_simple)  # noqa: F401
 from ftlib.training.precision import (autocast_dtype_for, cpu_has_bf16_units, enable_tf32,
                                       mixed_precision_default)  # noqa: F401
 from ftlib.training.loop import (accumulate_gradients, batch_loss, compile_model, loss_loader,

@@ -8,6 +8,8 @@ Read these first; `ftlib/training/loop.py` has `train_model`, the faster and ful
 loop that `make finetune` uses, with a test that both learn the same.
 """
 
+import math
+
 import torch
 
 from ftlib.plumbing.fileio import atomic_path
@@ -100,15 +102,45 @@ def _thousands(value, _position=None):
     return f"{value:g}"
 
 
-def plot_losses(epochs_seen, tokens_seen, train_losses, val_losses, path=None):
+def read_history(path):
+    """The records of a training log, history.jsonl (`path`: the file, or the run folder
+    holding it): a list of dicts, one per evaluation. A last line cut short (a run
+    killed while writing it) is left out; None stands for a loss that was not finite.
+
+    Introduced in: notebooks/08_faster_training.ipynb
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path = path / "history.jsonl" if path.is_dir() else path
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not JSON") from None
+    return records
+
+
+def plot_losses(epochs_seen, tokens_seen=None, train_losses=None, val_losses=None, path=None):
     """Training and validation loss against epochs (bottom) and tokens seen (top).
 
-    Saved as PNG when `path` is given. Returns the figure.
+    Or of a run's training log: `plot_losses("runs/latest")` (a history.jsonl, or the
+    run folder holding it). Saved as PNG when `path` is given. Returns the figure.
 
     Introduced in: notebooks/06_finetuning.ipynb
     """
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    if tokens_seen is None and train_losses is None and val_losses is None:
+        records = read_history(epochs_seen)
+        epochs_seen, tokens_seen, train_losses, val_losses = (
+            [math.nan if r[key] is None else r[key] for r in records]
+            for key in ("epoch", "tokens_seen", "train_loss", "val_loss"))
 
     fig, ax1 = plt.subplots(figsize=(7, 4))
     ax1.plot(epochs_seen, train_losses, label="Training loss")

@@ -29,6 +29,7 @@ America." is in its corpus): a model can only learn to prefer what it can say.
 
 import copy
 import dataclasses
+import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -86,8 +87,10 @@ def answer_in(response):
 
 def load_preference_data(path=PREFERENCE_DATA_PATH, skip_unusable=False, log=print, check=None):
     """Entries of a preference file: the chapter's fields plus string `chosen` and
-    `rejected`. DataError naming the file and the entry when one is malformed (a field
-    missing or not a string, text that is not UTF-8).
+    `rejected` (the book's layout), or TRL's `prompt`, `chosen` and `rejected` (text or
+    messages), read by `load_instruction_data(path, preference=True)`. DataError naming
+    the file and the entry when one is malformed (a field missing or not a string, text
+    that is not UTF-8).
 
     A pair that is well formed but cannot teach a preference (`unusable_pair_reason`:
     chosen and rejected the same text, or one of them empty; or the reason `check`,
@@ -101,7 +104,7 @@ def load_preference_data(path=PREFERENCE_DATA_PATH, skip_unusable=False, log=pri
     Introduced in: notebooks/09_preference_tuning_dpo.ipynb
     """
     path = Path(path)
-    entries = load_instruction_data(path)  # checks the file, the instruction fields, the text
+    entries = load_instruction_data(path, preference=True)  # the file, its shape, the text
     for i, entry in enumerate(entries):
         for key in ("chosen", "rejected"):
             value = entry.get(key)
@@ -339,37 +342,45 @@ class DPOHistory:
 
 def train_dpo(policy, reference, train_loader, val_loader, optimizer, device, num_epochs, *,
               beta=0.1, nll_weight=0.0, eval_freq=5, eval_iter=4, scheduler=None, grad_clip=1.0,
-              max_steps=None, progress=True, checkpoint_path=None, log=print):
+              max_steps=None, progress=True, checkpoint_path=None, log=print,
+              history_file=None, tensorboard_dir=None):
     """Train `policy` with the DPO loss against the frozen `reference`; a `DPOHistory`.
 
     The loop of `train_model` for pairs: the same optimizer, schedule
     (`warmup_cosine_schedule`), gradient clipping, progress bar and checkpoint file
     (`save_checkpoint`, written at the end; it is not resumable). Every `eval_freq`
-    steps `dpo_stats` is recorded on `eval_iter` batches of each loader.
+    steps `dpo_stats` is recorded on `eval_iter` batches of each loader. `history_file`
+    and `tensorboard_dir` as `train_model`'s (its `TrainingLog`): a line per evaluation,
+    step (optimizer steps done), epoch, tokens_seen, lr and tokens_per_s as there, and
+    each statistic of `dpo_stats` as train_NAME and val_NAME (val_margin, val_accuracy, ...).
 
     Introduced in: notebooks/09_preference_tuning_dpo.ipynb
     """
     from ftlib.model.files import save_checkpoint
-    from ftlib.training.loop import TrainingDiverged
+    from ftlib.training.loop import TrainingDiverged, TrainingLog, _Throughput
 
     history = DPOHistory()
+    training_log = TrainingLog(history_file, tensorboard_dir)
     total = len(train_loader) * num_epochs if max_steps is None else min(max_steps, len(train_loader) * num_epochs)
     bar = tqdm(total=total, desc="DPO", unit="step", disable=not progress, dynamic_ncols=True)
+    counts = {"done": 0, "tokens": 0, "lr": optimizer.param_groups[0]["lr"]}  # steps done, input tokens
+    throughput = _Throughput()
+
+    def record(epoch):
+        _record(history, counts, throughput, len(train_loader), policy, reference, train_loader,
+                val_loader, device, beta, eval_iter, None if progress else log, epoch, training_log)
+
     policy.train()
-    step = -1
     try:
         for epoch in range(num_epochs):
-            for batch in train_loader:
-                step += 1
-                if step >= total:
-                    break
-                if step % eval_freq == 0:
-                    _record(history, step, policy, reference, train_loader, val_loader, device,
-                            beta, eval_iter, None if progress else log, epoch)
+            for batch in itertools.islice(train_loader, total - counts["done"]):
+                if counts["done"] % eval_freq == 0:
+                    record(epoch)
                 optimizer.zero_grad(set_to_none=True)
+                counts["lr"] = optimizer.param_groups[0]["lr"]
                 out = dpo_batch(policy, reference, batch, device, beta, nll_weight)
                 if not torch.isfinite(out["loss"]):
-                    raise TrainingDiverged(f"DPO loss is {float(out['loss'])} at step {step}; "
+                    raise TrainingDiverged(f"DPO loss is {float(out['loss'])} at step {counts['done']}; "
                                      "try a lower learning rate (--lr) or beta")
                 out["loss"].backward()
                 if grad_clip is not None:
@@ -377,22 +388,34 @@ def train_dpo(policy, reference, train_loader, val_loader, optimizer, device, nu
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
+                counts["done"] += 1
+                counts["tokens"] += batch[0].numel()
                 loss, margin = out["loss"].item(), (out["chosen_rewards"] - out["rejected_rewards"]).mean().item()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", margin=f"{margin:.2f}", refresh=False)
+        record(num_epochs - 1)
     finally:
         bar.close()
-    _record(history, step + 1, policy, reference, train_loader, val_loader, device, beta,
-            eval_iter, None if progress else log, num_epochs - 1)
+        training_log.close()
     if checkpoint_path is not None:
-        save_checkpoint(checkpoint_path, policy, optimizer, step, scheduler, extra={"dpo": asdict(history)})
+        save_checkpoint(checkpoint_path, policy, optimizer, counts["done"] - 1, scheduler,
+                        extra={"dpo": asdict(history)})
     return history
 
 
-def _record(history, step, policy, reference, train_loader, val_loader, device, beta, eval_iter, log, epoch):
+def _record(history, counts, throughput, steps_per_epoch, policy, reference, train_loader,
+            val_loader, device, beta, eval_iter, log, epoch, training_log):
+    """Evaluate after `counts["done"]` steps: into `history`, the log line and the training log."""
+    step, tokens_per_s = counts["done"], throughput.rate(counts["tokens"])
     history.steps.append(step)
     history.train.append(dpo_stats(policy, reference, train_loader, device, beta, eval_iter))
     history.val.append(dpo_stats(policy, reference, val_loader, device, beta, eval_iter))
+    training_log.write({"step": step, "epoch": round(step / steps_per_epoch, 4),
+                        "tokens_seen": counts["tokens"], "lr": float(f"{counts['lr']:.6g}"),
+                        **{f"{split}_{key}": round(value, 5) if math.isfinite(value) else None
+                           for split in ("train", "val") for key, value in getattr(history, split)[-1].items()},
+                        "tokens_per_s": tokens_per_s})
+    throughput.restart(counts["tokens"])
     if log is not None:
         val = history.val[-1]
         log(f"Ep {epoch + 1} (Step {step:04d}): val loss {val['loss']:.3f}, "
@@ -454,6 +477,10 @@ def _check_dpo_config(config):
     from ftlib.plumbing.runfolder import check_run_out
 
     check_config(config)
+    if config.tensorboard:
+        from ftlib.training.loop import check_tensorboard
+
+        check_tensorboard()
     config = dataclasses.replace(config, run=Path(config.run), out=Path(config.out),
                                  data=Path(config.data) if config.data else PREFERENCE_DATA_PATH)
 
@@ -485,7 +512,8 @@ def preference_loaders(train, val, tokenizer, batch_size, style="alpaca", seed=1
 def preference_tune(config=None, log=print):
     """The DPO job: load a fine-tuned run, tune it on the preference pairs, score the
     held-out pairs before and after, and write a run folder like `finetune`'s (model.pth,
-    config.json, metrics.json, test-responses.json, dpo-plot.png). Returns the metrics.
+    config.json, metrics.json, test-responses.json, dpo-plot.png, history.jsonl). Returns
+    the metrics.
 
     Not in a notebook: the job behind `python -m ftlib dpo`; notebook 09 runs its steps.
     """
@@ -498,7 +526,7 @@ def preference_tune(config=None, log=print):
     from ftlib.evaluation.responses import generate_responses, save_responses
     from ftlib.plumbing.runfolder import prepare_run_folder, run_folder
     from ftlib.data.tokenizer import get_gpt2_tokenizer
-    from ftlib.training.loop import make_optimizer, warmup_cosine_schedule
+    from ftlib.training.loop import HISTORY_FILE, make_optimizer, warmup_cosine_schedule
 
     check_run_environment()
     config = _check_dpo_config(config or DPOConfig())
@@ -541,7 +569,9 @@ def preference_tune(config=None, log=print):
         history = train_dpo(model, reference, train_loader, val_loader, optimizer, device,
                             config.epochs, beta=config.beta, nll_weight=config.nll_weight, eval_freq=max(1, steps // 10),
                             scheduler=warmup_cosine_schedule(optimizer, steps),
-                            progress=config.progress, log=log)
+                            progress=config.progress, log=log,
+                            history_file=folder.work / HISTORY_FILE,
+                            tensorboard_dir=folder.work / "tensorboard" if config.tensorboard else None)
         train_time = time.perf_counter() - start
         after = answer(model)
         stats = dpo_stats(model, reference, test_loader, device, config.beta)

@@ -12,18 +12,26 @@ there differs:
 - a progress bar with the loss and a padding meter;
 - a loss that becomes NaN or infinite stops training, naming the step;
 - checkpoints written atomically; training resumes from one; the first Ctrl-C
-  finishes the current step and saves one.
+  finishes the current step and saves one;
+- a training log: every evaluation appended to `history.jsonl` as it happens (a
+  stopped run keeps what it had; a resumed one continues it), and optionally
+  TensorBoard event files (`TrainingLog`).
 
 Several processes (DistributedDataParallel, see ftlib/plumbing/distributed.py): pass the
 plain model; `train_model` wraps it, and only rank 0 prints, evaluates and saves.
 """
 
 import contextlib
+import importlib.util
 import itertools
+import json
 import math
 import os
 import signal
+import sys
 import threading
+import time
+import types
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -33,7 +41,8 @@ from tqdm.auto import tqdm
 from ftlib.data.collate import IGNORE_INDEX
 from ftlib.plumbing.distributed import (all_reduce_sum, is_distributed, is_main_process, world_size,
                                         wrap_model)
-from ftlib.plumbing.errors import FtlibError
+from ftlib.plumbing.errors import ConfigError, FtlibError
+from ftlib.plumbing.fileio import atomic_write_text
 from ftlib.model.files import restore_checkpoint, save_checkpoint
 from ftlib.training.precision import autocast
 
@@ -289,6 +298,7 @@ class TrainHistory:
     train_losses: list = field(default_factory=list)
     val_losses: list = field(default_factory=list)
     tokens_seen: list = field(default_factory=list)  # input tokens processed at each evaluation
+    records: list = field(default_factory=list)      # each evaluation's line of history.jsonl
     step: int = -1                  # the last optimizer step done (-1: none yet)
     steps: int = 0                  # optimizer steps done in this call
     processed_tokens: int = 0       # every input position the model computed on
@@ -332,9 +342,99 @@ class Checkpoints:
     extra: dict = None     # saved in every checkpoint's "extra" beside the history
 
 
+HISTORY_FILE = "history.jsonl"  # in every run folder: one line of JSON per evaluation
+
+
+def check_tensorboard():
+    """ConfigError (one line, before any work) unless the `tensorboard` package is installed.
+
+    Not in a notebook: what `finetune` and `dpo` check first when --tensorboard is on.
+    """
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard")
+
+
+class TrainingLog:
+    """A run's training log: each evaluation's record (a dict of numbers) appended as one
+    line of JSON to `path` (history.jsonl) the moment it is made, and, with
+    `tensorboard_dir`, written as TensorBoard scalars there too ("train_loss" is the tag
+    "loss/train", "lr" stays "lr"). `records`: what an earlier, resumed part of the run
+    logged; the file is rewritten with exactly those, so no step appears twice.
+
+    Not in a notebook: `train_model` and `train_dpo` write it; notebook 08 reads the files.
+    """
+
+    def __init__(self, path=None, tensorboard_dir=None, records=()):
+        self.path, self.writer = path, None
+        if tensorboard_dir is not None:
+            check_tensorboard()
+            # tensorboard imports TensorFlow where it is installed (make setup installs it
+            # to read OpenAI's checkpoints): seconds and a screen of log lines, for event
+            # files its own stand-in writes the same. This module present -> the stand-in.
+            sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(tensorboard_dir))
+        if path is not None:
+            atomic_write_text(path, "".join(_json_line(r) for r in records))
+        for record in records:
+            self._scalars(record)
+
+    def write(self, record):
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:  # append-only: a line is all there or cut at its end
+                f.write(_json_line(record))
+        if self.writer is not None:
+            self._scalars(record)
+            self.writer.flush()
+
+    def _scalars(self, record):
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if key != "step" and value is not None:
+                split, _, name = key.partition("_")
+                tag = f"{name}/{split}" if split in ("train", "val") and name else key
+                self.writer.add_scalar(tag, value, record["step"])
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _json_line(record):
+    return json.dumps(record, allow_nan=False) + "\n"
+
+
+def _finite(value, digits=None):
+    """`value` (rounded to `digits`), or None when it is NaN or infinite: JSON has no NaN."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, digits) if digits is not None else value
+
+
+class _Throughput:
+    """Input tokens per second of training since the last `rate()` (evaluations excluded:
+    call `restart()` after one). Starts at the first step trained, not while a resumed
+    run skips the batches it already did."""
+
+    def __init__(self):
+        self.since = None
+
+    def restart(self, tokens):
+        self.since = (time.perf_counter(), tokens)
+
+    def rate(self, tokens):
+        if self.since is None:
+            return None
+        seconds = time.perf_counter() - self.since[0]
+        return round((tokens - self.since[1]) / seconds, 1) if seconds > 0 else None
+
+
 def train_model(model, train_loader, val_loader, optimizer, device, num_epochs,
                 eval_freq, eval_iter, *, scheduler=None, grad_clip=None, max_steps=None,
-                autocast_dtype=None, checkpoints=None, log=print, progress=True):
+                autocast_dtype=None, checkpoints=None, log=print, progress=True,
+                history_file=None, tensorboard_dir=None):
     """`train_model_simple` (ftlib/training/book.py) with additions; returns a `TrainHistory`.
 
     As the book's: one optimizer step per batch, and every `eval_freq` steps the loss
@@ -345,6 +445,14 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs,
     meter, a stop at the end of the step on Ctrl-C, and several processes: under
     torchrun each loader yields this process's share of every batch, `train_model`
     wraps the model in DDP, and the losses are summed over the processes.
+
+    `history_file` (a run folder's history.jsonl): each evaluation appended as a line,
+    `{"step", "epoch", "tokens_seen", "lr", "train_loss", "val_loss", "tokens_per_s"}`
+    (step: the optimizer step just done, from 0, as in the log line; epoch: epochs done,
+    a fraction; lr: that step's learning rate; tokens per second of training since the
+    last evaluation). The same records are `history.records`, and in every checkpoint:
+    a resumed run rewrites the file with the checkpoint's and goes on from there.
+    `tensorboard_dir`: the records as TensorBoard scalars too (see `TrainingLog`).
 
     Introduced in: notebooks/06_finetuning.ipynb
     """
@@ -359,6 +467,8 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs,
     total_steps = total_steps if max_steps is None else min(total_steps, max_steps)
     bar = tqdm(total=total_steps, initial=history.step + 1, disable=not (progress and main),
                desc="training", unit="step", dynamic_ncols=True)
+    training_log = TrainingLog(history_file, tensorboard_dir, history.records) if main else TrainingLog()
+    throughput = _Throughput()
     updating = False  # between optimizer.step() and the step's end: a checkpoint would be half-made
 
     def save():
@@ -367,7 +477,7 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs,
                             extra={**(checkpoints.extra or {}), "history": asdict(history)})
 
     model.train()
-    with _StopAtStepEnd() as stop, contextlib.closing(bar):
+    with _StopAtStepEnd() as stop, contextlib.closing(bar), contextlib.closing(training_log):
         try:
             step = -1
             for epoch in range(num_epochs):
@@ -378,7 +488,10 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs,
                         break
                     if step <= history.step:          # done before the checkpoint resumed from
                         continue
+                    if throughput.since is None:
+                        throughput.restart(history.processed_tokens)
                     history.count(batch, device, ddp)
+                    lr = optimizer.param_groups[0]["lr"]  # this step's (the scheduler steps after it)
                     optimizer.zero_grad(set_to_none=True)
                     loss = _gradients(step_model, batch, device, autocast_dtype, step, epoch)
                     if grad_clip is not None:
@@ -391,10 +504,19 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs,
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.3f}", pad=f"{history.padding_fraction:.1%}", refresh=False)
                     if step % eval_freq == 0:
+                        record = {"step": step, "epoch": round((step + 1) / len(train_loader), 4),
+                                  "tokens_seen": history.processed_tokens, "lr": float(f"{lr:.6g}")}
+                        tokens_per_s = throughput.rate(history.processed_tokens)
                         _evaluate(model, train_loader, val_loader, device, eval_iter, history,
                                   log if main and not progress else None, epoch)
+                        record.update(train_loss=_finite(history.train_losses[-1], 5),
+                                      val_loss=_finite(history.val_losses[-1], 5), tokens_per_s=tokens_per_s)
+                        history.records.append(record)
+                        training_log.write(record)
+                        throughput.restart(history.processed_tokens)
                     if checkpoints.every and (step + 1) % checkpoints.every == 0:
                         save()
+                        throughput.restart(history.processed_tokens)  # saving is not training
                     if _stop_requested(stop, device):
                         raise KeyboardInterrupt
         except KeyboardInterrupt:
