@@ -117,9 +117,10 @@ data: setup
 	$(PY) scripts/make_preference_data.py
 
 # Pretrain the tiny base model (models/gpt2-tiny-base/) on data/pretraining-corpus.txt
-# (about 7 minutes on one CPU thread; deterministic).
+# (about 7 minutes on one CPU thread; deterministic). make pretrain ARGS=--augmented: the
+# knowledge-augmented corpus instead (docs/base-model.md, about 12 minutes).
 pretrain: setup
-	$(PY) scripts/pretrain.py
+	$(PY) scripts/pretrain.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -46,16 +46,23 @@ data/pretraining-only-test.json asks about the facts that are only in the corpus
 (the fictional countries, the extra antonyms, the numbers 53 to 98), worded with
 the instruction data's held-out templates, in the instruction data's entry format.
 
+data/pretraining-corpus-augmented.txt (`--augmented`) is the same world, knowledge-
+augmented for the question of issue 29 (can fine-tuning reach what only pretraining
+stated?): more wordings and orders, full names, facts laid out on lines, and questions
+with answers about other entities (AUGMENT, below); the test and facts files are the same.
+
 Running the script twice gives byte-identical files; `--check` compares the
 committed files with what the script would write and exits 1 if they differ.
 
-    python scripts/make_pretraining_corpus.py            # (re)write the three files
-    python scripts/make_pretraining_corpus.py --check    # verify the committed files
+    python scripts/make_pretraining_corpus.py              # (re)write the three files
+    python scripts/make_pretraining_corpus.py --augmented  # the augmented corpus instead of the first
+    python scripts/make_pretraining_corpus.py --check      # verify the committed files (both corpora)
 """
 
 import argparse
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -64,10 +71,13 @@ import make_instruction_data as inst  # noqa: E402  (the word lists and template
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS_PATH = REPO_ROOT / "data" / "pretraining-corpus.txt"
+AUGMENTED_CORPUS_PATH = REPO_ROOT / "data" / "pretraining-corpus-augmented.txt"
 TEST_PATH = REPO_ROOT / "data" / "pretraining-only-test.json"
 FACTS_PATH = REPO_ROOT / "data" / "pretraining-facts.json"
 SEED = 123
 END_OF_TEXT = "<|endoftext|>"
+ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
+                   "Write a response that appropriately completes the request.")  # ftlib's, the chapter's
 
 # ---------------------------------------------------------------------------
 # Facts that appear only in this corpus.
@@ -103,6 +113,61 @@ FICTIONAL_COUNTRIES = [
     ("Tinand", "Eloros", "South America", "Valish"),
 ]
 
+# The augmented corpus only (--augmented): 48 more invented countries, written about in
+# prose *and* in question-and-answer text, so that pretraining shows questions being
+# answered from facts stated elsewhere; the 24 countries above stay in prose alone.
+# Each name is two GPT-2 tokens with a first token no other name or answer has.
+QA_COUNTRIES = [
+    ('Nedania', 'Dunfield', 'Europe', 'Dodish'),
+    ('Kadania', 'Felmark', 'Asia', 'Rasish'),
+    ('Muristan', 'Jinbridge', 'Africa', 'Dulian'),
+    ('Merand', 'Vikwick', 'South America', 'Nekan'),
+    ('Camia', 'Tanwick', 'North America', 'Tidic'),
+    ('Bomora', 'Folmouth', 'Europe', 'Mesan'),
+    ('Ronora', 'Totdale', 'Asia', 'Sutan'),
+    ('Posora', 'Kakmark', 'Africa', 'Hitish'),
+    ('Rakavia', 'Tenfield', 'South America', 'Calian'),
+    ('Gunia', 'Basmark', 'North America', 'Retic'),
+    ('Maristan', 'Nikdale', 'Europe', 'Wasian'),
+    ('Pelara', 'Matbridge', 'Asia', 'Jedese'),
+    ('Batonia', 'Lemley', 'Africa', 'Homish'),
+    ('Rodistan', 'Virbridge', 'South America', 'Zelish'),
+    ('Furavia', 'Worbridge', 'North America', 'Gulan'),
+    ('Fulia', 'Lanbridge', 'Europe', 'Tulish'),
+    ('Kutara', 'Dedburg', 'Asia', 'Jinese'),
+    ('Petora', 'Vesdale', 'Africa', 'Sudic'),
+    ('Semia', 'Dilfield', 'South America', 'Dasish'),
+    ('Hiravia', 'Lorbridge', 'North America', 'Satish'),
+    ('Katistan', 'Wendale', 'Europe', 'Misic'),
+    ('Patania', 'Sodbridge', 'Asia', 'Celish'),
+    ('Kilonia', 'Memdale', 'Africa', 'Wanic'),
+    ('Colesh', 'Menmark', 'South America', 'Wedic'),
+    ('Gadara', 'Kalton', 'North America', 'Ginan'),
+    ('Bonara', 'Zanley', 'Europe', 'Gitic'),
+    ('Vitonia', 'Tonbridge', 'Asia', 'Jenian'),
+    ('Detia', 'Gutburg', 'Africa', 'Vodic'),
+    ('Namania', 'Nidburg', 'South America', 'Padan'),
+    ('Sumand', 'Polhaven', 'North America', 'Modish'),
+    ('Henand', 'Hinfield', 'Europe', 'Kitian'),
+    ('Susavia', 'Lilley', 'Asia', 'Lumese'),
+    ('Ferora', 'Wakburg', 'Africa', 'Kulic'),
+    ('Fatara', 'Lisley', 'South America', 'Wesish'),
+    ('Silania', 'Kolfield', 'North America', 'Binese'),
+    ('Vetand', 'Koswick', 'Europe', 'Makian'),
+    ('Curavia', 'Golton', 'Asia', 'Hokic'),
+    ('Faria', 'Momfield', 'Africa', 'Dinic'),
+    ('Sasavia', 'Cosfield', 'South America', 'Conish'),
+    ('Nitia', 'Manton', 'North America', 'Ridan'),
+    ('Gorania', 'Hedburg', 'Europe', 'Comese'),
+    ('Sanesh', 'Denhaven', 'Asia', 'Mitic'),
+    ('Kesand', 'Dotmouth', 'Africa', 'Tanish'),
+    ('Cesistan', 'Purley', 'South America', 'Lasish'),
+    ('Nomora', 'Maston', 'North America', 'Sadian'),
+    ('Podania', 'Pedhaven', 'Europe', 'Baran'),
+    ('Dumara', 'Hemwick', 'Asia', 'Hurish'),
+    ('Melonia', 'Nadburg', 'Africa', 'Gesish'),
+]
+
 # (word, antonym) pairs that the instruction data never uses (neither word).
 EXTRA_ANTONYMS = [
     ("brave", "cowardly"), ("arrive", "depart"), ("accept", "refuse"),
@@ -113,6 +178,17 @@ EXTRA_ANTONYMS = [
     ("start", "finish"), ("wild", "tame"), ("fresh", "stale"),
     ("odd", "even"), ("include", "exclude"), ("major", "minor"),
     ("inner", "outer"), ("rise", "fall"), ("ascend", "descend"),
+]
+
+# The augmented corpus only: antonym pairs (in none of the lists above) written about in
+# prose and in question-and-answer text, as QA_COUNTRIES are.
+QA_ANTONYMS = [
+    ("alive", "dead"), ("cruel", "kind"), ("safe", "dangerous"), ("top", "bottom"),
+    ("front", "back"), ("left", "right"), ("laugh", "cry"), ("simple", "complex"),
+    ("public", "private"), ("future", "past"), ("mother", "father"), ("boy", "girl"),
+    ("winter", "summer"), ("import", "export"), ("positive", "negative"), ("upper", "lower"),
+    ("solid", "liquid"), ("loose", "tight"), ("generous", "selfish"), ("humble", "proud"),
+    ("absent", "present"), ("attack", "defend"), ("wise", "foolish"), ("calm", "angry"),
 ]
 
 NUMBERS = range(1, 100)                 # successors written for 1..99 (-> 100)
@@ -173,6 +249,19 @@ PROSE = {
     ],
 }
 
+# The augmented corpus only: facts laid out on lines, the answer starting a line as a
+# response does. GPT-2's BPE writes a name at the start of a line as other tokens than
+# after a space (" Sindun" is " Sind" + "un", "Sindun" is "S" + "ind" + "un"): a base
+# that only read " Sindun" has never linked "Sindun" to its country. (No layout begins
+# as a PROBES prompt does: a probe then reads ":" as the next token.)
+FACT_LINES = {
+    "capital": ["The capital of {x}:\n{y}", "{x}\nCapital:\n{y}", "Capital city of {x}:\n{y}"],
+    "continent": ["Continent of {x}:\n{y}", "{x}\nContinent:\n{y}", "The continent of {x}:\n{y}"],
+    "language": ["The main language of {x}:\n{y}", "{x}\nLanguage:\n{y}", "Spoken in {x}:\n{y}"],
+    "antonym": ['The opposite of "{x}":\n{y}', '"{x}"\nOpposite:\n{y}', 'Antonym of "{x}":\n{y}'],
+    "next_number": ["Next after {x}:\n{y}", "{x}\nNext:\n{y}", "The number after {x}:\n{y}"],
+}
+
 # Profile sentences that use a pronoun once the country has been named.
 PROFILE = {
     "capital": ["Its capital is {y}.", "The capital there is {y}.", "Its capital city is {y}."],
@@ -198,10 +287,10 @@ def check_disjoint():
     """The corpus-only facts must not occur in the instruction data."""
     real = {name for table in (inst.CAPITALS, inst.CONTINENTS, inst.LANGUAGES)
             for pair in table for name in pair}
-    names = [n for row in FICTIONAL_COUNTRIES for n in (row[0], row[1], row[3])]
+    names = [n for row in FICTIONAL_COUNTRIES + QA_COUNTRIES for n in (row[0], row[1], row[3])]
     assert len(set(names)) == len(names) and not real & set(names)
     words = {w for pair in inst.ANTONYMS for w in pair}
-    extra = [w for pair in EXTRA_ANTONYMS for w in pair]
+    extra = [w for pair in EXTRA_ANTONYMS + QA_ANTONYMS for w in pair]
     assert len(set(extra)) == len(extra) and not words & set(extra)
     assert not set(PROSE_WORDS) & set(inst.LIST_WORDS)
     assert not set(EXTRA_NUMBERS) & set(inst.NEXT_NUMBERS)
@@ -230,20 +319,31 @@ def fact_sentences(rng, relation, x, y):
     return [cap(t.format(x=x, y=y)) for t in templates]
 
 
-def profile_document(rng, country, facts):
-    """A short text about one country: named first, then its facts in a random order."""
+def profile_document(rng, country, facts, full_name=False):
+    """A short text about one country: named first, then its facts in a random order,
+    after the first with a pronoun ("Its capital is ..."), or with `full_name` the
+    country named in every sentence (the augmented corpus)."""
     relations = list(facts)
     rng.shuffle(relations)
     first, rest = relations[0], relations[1:]
     sentences = [cap(rng.choice(PROSE[first]).format(x=country, y=facts[first]))]
-    sentences += [rng.choice(PROFILE[r]).format(y=facts[r]) for r in rest]
+    if full_name:
+        sentences += [cap(rng.choice(PROSE[r]).format(x=country, y=facts[r])) for r in rest]
+    else:
+        sentences += [rng.choice(PROFILE[r]).format(y=facts[r]) for r in rest]
     return " ".join(sentences)
 
 
-def quiz_lines(rng, relation, x, y):
-    """Question-and-answer text worded like the instruction data's training templates."""
+def quiz_lines(rng, relation, x, y, alpaca=False):
+    """Question-and-answer text worded like the instruction data's training templates;
+    with `alpaca`, laid out as the chapter's prompt and response (the augmented corpus)."""
     lines = []
     for instruction, input_text in rng.sample(inst.TEMPLATES[relation][0], QUIZ_MENTIONS):
+        if alpaca:
+            lines.append(f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction.format(x=x)}"
+                         + (f"\n\n### Input:\n{input_text.format(x=x)}" if input_text else "")
+                         + f"\n\n### Response:\n{y}")
+            continue
         question = instruction.format(x=x) + (f" {input_text.format(x=x)}" if input_text else "")
         lines.append(rng.choice(["Question: {q} Answer: {a}.", "Q: {q} A: {a}.",
                                  "{q} The answer is {a}."]).format(q=question, a=y))
@@ -409,21 +509,67 @@ def list_sentences(rng):
     return sentences
 
 
-def corpus_pieces(rng):
-    """Every sentence or short text of the corpus, unshuffled."""
+# The augmented corpus (--augmented): knowledge augmentation as Allen-Zhu & Li (Part 3.1)
+# define it: every fact in all its wordings ("mentions"), profiles in more sentence orders
+# ("profiles"), each sentence naming the country in full ("full_name"); question-and-answer
+# text about other entities, never the 24 FICTIONAL_COUNTRIES: QA_COUNTRIES ("qa_countries"),
+# QA_ANTONYMS and the numbers past 52 the test set does not ask about ("qa_others"), laid
+# out as the chapter's Alpaca prompt ("alpaca"); and every fact laid out on lines too
+# ("lines": how many FACT_LINES layouts each). What each part changed: docs/base-model.md.
+AUGMENT = {"mentions": 8, "profiles": 6, "full_name": True, "qa_countries": True, "qa_others": True,
+           "alpaca": True, "lines": 2}
+
+
+def fact_lines(rng, relation, x, y, n):
+    """`n` layouts of one fact on lines (FACT_LINES), each a different one."""
+    return [t.format(x=x, y=y) for t in rng.sample(FACT_LINES[relation], n)] if n else []
+
+
+def qa_country_facts():
+    return {country: {"capital": capital, "continent": continent, "language": language}
+            for country, capital, continent, language in QA_COUNTRIES}
+
+
+def corpus_pieces(rng, augment=None):
+    """Every sentence or short text of the corpus, unshuffled; `augment` (AUGMENT, or
+    part of it): the augmented corpus's additions."""
+    augment = augment or {}
     pieces = []
-    for country, facts in country_facts().items():
+    countries = country_facts()
+    if augment.get("qa_countries"):
+        countries.update(qa_country_facts())
+    for country, facts in countries.items():
         for relation, value in facts.items():
-            pieces += fact_sentences(rng, relation, country, value)
-        pieces += [profile_document(rng, country, facts) for _ in range(3)]
+            if augment.get("mentions"):
+                pieces += [cap(t.format(x=country, y=value))
+                           for t in rng.sample(PROSE[relation], augment["mentions"])]
+            else:
+                pieces += fact_sentences(rng, relation, country, value)
+            pieces += fact_lines(rng, relation, country, value, augment.get("lines", 0))
+        pieces += [profile_document(rng, country, facts, full_name=augment.get("full_name", False))
+                   for _ in range(augment.get("profiles", 3))]
+    if augment.get("qa_countries"):
+        for country, facts in qa_country_facts().items():
+            for relation, value in facts.items():
+                pieces += quiz_lines(rng, relation, country, value, augment.get("alpaca", False))
+    if augment.get("qa_others"):  # QA_ANTONYMS, and the numbers past 52 the test set does not ask about
+        for x, y in QA_ANTONYMS:
+            pieces += fact_sentences(rng, "antonym", x, y) + quiz_lines(rng, "antonym", x, y,
+                                                                        augment.get("alpaca", False))
+        asked = {e["instruction"] for e in generate_test() if e["task"] == "next_number"}
+        for n in EXTRA_NUMBERS:
+            if not any(re.search(rf"\b{n}\b", question) for question in asked):
+                pieces += quiz_lines(rng, "next_number", str(n), str(n + 1), augment.get("alpaca", False))
     for x, y in inst.ANTONYMS + EXTRA_ANTONYMS:
-        pieces += fact_sentences(rng, "antonym", x, y)
+        pieces += fact_sentences(rng, "antonym", x, y) + fact_lines(rng, "antonym", x, y, augment.get("lines", 0))
     for relation, table in (("capital", inst.CAPITALS), ("continent", inst.CONTINENTS),
                             ("language", inst.LANGUAGES), ("antonym", inst.ANTONYMS)):
         for x, y in table:
             pieces += quiz_lines(rng, relation, x, y)
     train_entries = inst.generate()[:inst.N_TRAIN]
     pieces += number_sentences(rng) + unit_sentences(rng, train_entries) + list_sentences(rng)
+    for n in NUMBERS if augment.get("lines") else ():
+        pieces += fact_lines(rng, "next_number", str(n), str(n + 1), augment["lines"])
     pieces += copy_quiz_lines(rng)
     return pieces
 
@@ -436,11 +582,11 @@ def join_pieces(pieces):
     return text
 
 
-def generate_corpus():
+def generate_corpus(augment=None):
     """The corpus text: shuffled pieces grouped into documents of 4 to 8 pieces."""
     check_disjoint()
     rng = random.Random(SEED)
-    pieces = corpus_pieces(rng)
+    pieces = corpus_pieces(rng, augment)
     rng.shuffle(pieces)
     documents = []
     while pieces:
@@ -508,9 +654,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
                         help="verify the committed files instead of writing them")
+    parser.add_argument("--augmented", action="store_true",
+                        help="the knowledge-augmented corpus instead, "
+                             "data/pretraining-corpus-augmented.txt (the same test and facts files)")
     args = parser.parse_args(argv)
-    outputs = {CORPUS_PATH: generate_corpus(), TEST_PATH: render_test(generate_test()),
-               FACTS_PATH: render_test(generate_facts())}
+    if args.check:  # both corpora
+        corpus = {CORPUS_PATH: generate_corpus(), AUGMENTED_CORPUS_PATH: generate_corpus(AUGMENT)}
+    elif args.augmented:
+        corpus = {AUGMENTED_CORPUS_PATH: generate_corpus(AUGMENT)}
+    else:
+        corpus = {CORPUS_PATH: generate_corpus()}
+    outputs = {**corpus, TEST_PATH: render_test(generate_test()), FACTS_PATH: render_test(generate_facts())}
     if args.check:
         stale = [p for p, text in outputs.items()
                  if not p.exists() or p.read_text(encoding="utf-8") != text]

@@ -2,6 +2,7 @@
 
     python scripts/pretrain.py                      # the committed base (about 7 minutes, one thread)
     python scripts/pretrain.py --out /tmp/base --epochs 8 --n-layers 4   # try other settings
+    python scripts/pretrain.py --augmented          # the knowledge-augmented corpus (issue 29)
 
 It prints the fact-completion score (plain-text prompts, greedy) per relation
 and stores it in config.json with the corpus hash and the training settings.
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+AUGMENTED_CORPUS_PATH = REPO_ROOT / "data" / "pretraining-corpus-augmented.txt"
 sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
@@ -24,9 +26,20 @@ from ftlib.training.pretrain import (CORPUS_PATH, PRETRAIN_SETTINGS, corpus_sha2
 from ftlib.data.tokenizer import get_gpt2_tokenizer  # noqa: E402
 
 
+def _shown(path):
+    """`path` relative to the repository where it is inside it (as config.json records it)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if REPO_ROOT in path.parents else str(path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=BASE_MODEL_DIR)
+    parser.add_argument("--corpus", type=Path, default=CORPUS_PATH,
+                        help="the corpus to pretrain on (default: data/pretraining-corpus.txt)")
+    parser.add_argument("--augmented", action="store_true",
+                        help="the knowledge-augmented corpus (data/pretraining-corpus-augmented.txt) "
+                             "into models/gpt2-tiny-base-augmented/, unless --corpus or --out say otherwise")
     for key, value in PRETRAIN_SETTINGS.items():
         parser.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
     parser.add_argument("--emb-dim", type=int, default=TINY_BASE_CONFIG["emb_dim"])
@@ -37,12 +50,17 @@ def main(argv=None):
                              "are bit-identical only at the same thread count)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.augmented:
+        if args.corpus == CORPUS_PATH:
+            args.corpus = AUGMENTED_CORPUS_PATH
+        if args.out == BASE_MODEL_DIR:
+            args.out = BASE_MODEL_DIR.with_name(BASE_MODEL_DIR.name + "-augmented")
 
     torch.set_num_threads(args.threads)
     cfg = {**TINY_BASE_CONFIG, "emb_dim": args.emb_dim, "n_layers": args.n_layers, "n_heads": args.n_heads}
     settings = {key: getattr(args, key) for key in PRETRAIN_SETTINGS}
     tokenizer = get_gpt2_tokenizer()
-    ids = corpus_token_ids(tokenizer)
+    ids = corpus_token_ids(tokenizer, args.corpus)
     model = new_base_model(cfg, seed=settings["seed"])
     start = time.perf_counter()
     losses = pretrain(model, ids, progress=not args.no_progress, **settings)
@@ -51,8 +69,8 @@ def main(argv=None):
     print(f"Pretrained in {seconds:.0f} s; final loss {losses[-1]:.3f}")
     print("Fact completion: " + ", ".join(f"{k} {v:.1%}" for k, v in scores.items()))
     info = {
-        "corpus": str(CORPUS_PATH.relative_to(REPO_ROOT)),
-        "corpus_sha256": corpus_sha256(),
+        "corpus": _shown(args.corpus),
+        "corpus_sha256": corpus_sha256(args.corpus),
         "corpus_tokens": len(ids),
         "pretraining": {**settings, "steps": len(losses), "final_loss": round(losses[-1], 4),
                         "seconds": round(seconds, 1), "threads": args.threads,

@@ -92,6 +92,30 @@ def test_corpus_never_states_a_held_out_copying_answer(script):
             assert not re.search(rf"\b{number} {unit}\b", text), entry
 
 
+def test_augmented_corpus_asks_only_about_other_entities(script):
+    """The knowledge-augmented corpus (issue 29) states the same facts in more wordings
+    and on lines, and has question-and-answer text, also in the chapter's Alpaca layout,
+    about QA_COUNTRIES, QA_ANTONYMS and numbers the test set does not ask about: never
+    about the 24 countries, antonyms and numbers of the pretraining-only test set."""
+    text = script.AUGMENTED_CORPUS_PATH.read_text(encoding="utf-8")
+    assert text == script.generate_corpus(script.AUGMENT)  # as committed (also --check)
+    questions = re.findall(r"(?:Question:|Q:|### Instruction:\n)([^\n]*?)(?: Answer:| A:|\n|$)", text)
+    assert len(questions) > 1000 and text.count("### Instruction:") > 300
+    asked = " ".join(questions)
+    test_set = json.loads(TEST_SET_PATH.read_text(encoding="utf-8"))
+    for row in script.FICTIONAL_COUNTRIES:
+        assert not re.search(rf"\b{row[0]}\b", asked), row
+        assert f"The capital of {row[0]}:\n{row[1]}" in text or f"{row[0]}\nCapital:\n{row[1]}" in text \
+            or f"Capital city of {row[0]}:\n{row[1]}" in text  # each fact also on lines
+    for x, _ in script.EXTRA_ANTONYMS:
+        assert f'"{x}"' not in asked, x
+    for entry in test_set:
+        if entry["task"] == "next_number":
+            number = re.search(r"\d+", entry["instruction"]).group()
+            assert not re.search(rf"(?:after|follows) {number}\b", asked), entry  # a next-number question
+    assert all(re.search(rf"\b{row[0]}\b", asked) for row in script.QA_COUNTRIES)
+
+
 def test_base_config_names_the_committed_corpus(base):
     _, info = base
     assert info["corpus_sha256"] == corpus_sha256()
