@@ -29,6 +29,7 @@ numbers are used differently), so compare them by family, not entry by entry.
 """
 
 import argparse
+import importlib
 import json
 import sys
 import tempfile
@@ -46,7 +47,7 @@ import torch  # noqa: E402
 import make_instruction_data as gen  # noqa: E402
 from ftlib import pipeline  # noqa: E402
 from ftlib.model import base  # noqa: E402
-from ftlib.training import pretrain  # noqa: E402
+pretrain = importlib.import_module("ftlib.training.pretrain")  # the module (ftlib.training.pretrain is also a function)
 
 # Five more training wordings for each copying family (written for this probe; none is
 # a held-out wording of make_instruction_data.TEMPLATES).
@@ -178,7 +179,7 @@ def shifted_positions():
     return batch_loss
 
 
-def replayed_corpus(blocks, block_size=64, seed=123):
+def replayed_corpus(blocks, block_size=64, seed=123, corpus=None):
     """`trainer._micro_batch_loss` plus, at each training step, the pretraining loss
     (`pretrain.restricted_loss`) on `blocks` random blocks of the corpus: the base keeps
     rehearsing the text its facts come from while it learns the instructions."""
@@ -187,7 +188,7 @@ def replayed_corpus(blocks, block_size=64, seed=123):
 
     from ftlib.model.gpt import TINY_BASE_CONFIG
 
-    ids = pretrain.corpus_token_ids(get_gpt2_tokenizer())
+    ids = pretrain.corpus_token_ids(get_gpt2_tokenizer(), corpus or pretrain.CORPUS_PATH)
     vocab_ids, target_index = pretrain.restricted_vocab(ids, TINY_BASE_CONFIG["vocab_size"])
     ids = torch.tensor(ids)
     generator = torch.Generator().manual_seed(seed)
@@ -218,6 +219,8 @@ def main(argv=None):
     parser.add_argument("--shifted-positions", action="store_true")
     parser.add_argument("--neftune", type=float, default=0.0, help="NEFTune's alpha (noise on embeddings)")
     parser.add_argument("--replay", type=int, default=0, help="corpus blocks (64 tokens) per step")
+    parser.add_argument("--replay-corpus", type=Path, default=None,
+                        help="the corpus --replay rehearses (default: data/pretraining-corpus.txt)")
     parser.add_argument("--base-dir", type=Path, default=None)
     parser.add_argument("--extra-templates", action="store_true")
     parser.add_argument("--copy-scale", type=int, default=1)
@@ -237,7 +240,7 @@ def main(argv=None):
     if args.replay:
         from ftlib.training import loop as trainer
 
-        patches.append((trainer, "_micro_batch_loss", replayed_corpus(args.replay)))
+        patches.append((trainer, "_micro_batch_loss", replayed_corpus(args.replay, corpus=args.replay_corpus)))
     if args.shifted_positions:
         from ftlib.training import loop as trainer
 
