@@ -30,12 +30,12 @@ trains on its share of every batch; rank 0 alone logs and writes the run folder.
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
 from ftlib.config import RunConfig, config_json, model_entry, resolve_config  # noqa: F401
 from ftlib.plumbing.errors import ConfigError
+from ftlib.plumbing.fileio import json_number
 
 # Held-out exact match the default offline run must reach: below every default run
 # measured on the committed base (81.8-86.4 % over three seeds and two thread counts; docs/).
@@ -437,11 +437,6 @@ def _save_loss_plot(config, history, path):
                           history.val_losses, path=path))
 
 
-def _finite(value):
-    """`value`, or None when it is NaN or infinite (JSON has no NaN: metrics.json stays valid)."""
-    return value if math.isfinite(value) else None
-
-
 def _run_metrics(config, before, after, history, train_time, facts):
     """metrics.json of a run: held-out scores before and after, timings, the learning goal."""
     from ftlib.evaluation.scores import score_responses
@@ -453,8 +448,8 @@ def _run_metrics(config, before, after, history, train_time, facts):
         "train_time_s": round(train_time, 2),
         "tokens_per_s": round(history.processed_tokens / max(train_time, 1e-9), 1),
         "padding_fraction": round(history.padding_fraction, 4),
-        "final_train_loss": _finite(history.train_losses[-1]) if history.train_losses else None,
-        "final_val_loss": _finite(history.val_losses[-1]) if history.val_losses else None,
+        "final_train_loss": json_number(history.train_losses[-1]) if history.train_losses else None,
+        "final_val_loss": json_number(history.val_losses[-1]) if history.val_losses else None,
         "held_out_exact_match_before": scores_before["overall"]["exact_match"],
         "held_out_exact_match_after": scores_after["overall"]["exact_match"],
         "held_out_contains_answer_before": scores_before["overall"]["contains_answer"],

@@ -195,15 +195,6 @@ def load_chat_model(run_dir, base=False):
     return model.eval(), config, f"the base model of {run_dir} ({name}, before fine-tuning)"
 
 
-def _one_line(write):
-    """`write` with line breaks written as spaces; `.end()` writes the line's end."""
-    def flat(text):
-        write(text.replace("\r\n", " ").replace("\n", " ").replace("\r", " "))
-
-    flat.end = lambda: write("\n")
-    return flat
-
-
 def chat_loop(model, tokenizer, lines, write, interactive, ask=None, **settings):
     """Answer each question of `lines` (an iterator of lines), streaming through `write`.
 
@@ -213,8 +204,10 @@ def chat_loop(model, tokenizer, lines, write, interactive, ask=None, **settings)
 
     Not in a notebook: the terminal's chat (`python -m ftlib chat`).
     """
-    if not interactive:
-        write = _one_line(write)
+    end_line = write  # the line's end, after the answer
+    if not interactive:  # line breaks inside an answer written as spaces
+        def write(text, raw=write):
+            raw(text.replace("\r\n", " ").replace("\n", " ").replace("\r", " "))
     while True:
         try:
             line = ask("you> ") if interactive else next(lines)
@@ -230,7 +223,7 @@ def chat_loop(model, tokenizer, lines, write, interactive, ask=None, **settings)
         if interactive:
             write("model> ")
         stream_answer(model, tokenizer, question, write, **settings)
-        getattr(write, "end", lambda: write("\n"))()
+        end_line("\n")
 
 
 def main_chat(run_dir, base=False, temperature=0.0, top_k=None, max_new_tokens=MAX_NEW_TOKENS):

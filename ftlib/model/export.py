@@ -17,6 +17,7 @@ Not in a notebook: the CLI's `python -m ftlib export-hf RUN OUT` (README: "LoRA 
 export to Hugging Face").
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -263,12 +264,7 @@ def save_hf_model(model, out_dir, source=None, style="alpaca", card=None):
     state = gpt_to_hf_state_dict(model)
     dtype = model.tok_emb.weight.dtype
 
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    except OSError as exc:  # a read-only or missing place, a file in the way
-        raise FtlibError(f"cannot write the export folder {out_dir}: {exc.strerror or exc}") from None
-    try:
+    with export_folder(out_dir, errors=(OSError, SafetensorError)) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         files = {
             "config.json": _json_bytes(hf_config(cfg, tied, dtype)),
@@ -288,13 +284,6 @@ def save_hf_model(model, out_dir, source=None, style="alpaca", card=None):
         }
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        publish_export(tmp, out_dir)
-    except (OSError, SafetensorError) as exc:  # e.g. the disk is full
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise FtlibError(f"cannot write the export folder {out_dir}: {exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -348,17 +337,33 @@ def read_run_metrics(run_dir):
     return metrics if isinstance(metrics, dict) else {}
 
 
-def publish_export(tmp, out_dir):
-    """Give the files written in the temporary folder `tmp` the user's usual mode
-    (safetensors writes 0600, mkdtemp makes 0700), then switch it into place as `out_dir`.
+@contextlib.contextmanager
+def export_folder(out_dir, errors=(OSError,)):
+    """A temporary folder beside `out_dir` to write an export into. When the block ends,
+    its files get the user's usual mode (safetensors writes 0600, mkdtemp makes 0700) and
+    it replaces `out_dir` whole; if the block fails, it is removed, and one of `errors`
+    (e.g. the disk is full) becomes an FtlibError naming `out_dir`.
 
-    Not in a notebook: the last step of export-hf and export-gguf.
+    Not in a notebook: how export-hf and export-gguf write their folders.
     """
-    mask = current_umask()
-    for path in tmp.iterdir():
-        os.chmod(path, 0o666 & ~mask)
-    os.chmod(tmp, 0o777 & ~mask)
-    replace_folder(tmp, out_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    except OSError as exc:  # a read-only or missing place, a file in the way
+        raise FtlibError(f"cannot write the export folder {out_dir}: {exc.strerror or exc}") from None
+    try:
+        yield tmp
+        mask = current_umask()
+        for path in tmp.iterdir():
+            os.chmod(path, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
+        replace_folder(tmp, out_dir)
+    except errors as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FtlibError(f"cannot write the export folder {out_dir}: {exc}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def main_export(run_dir, out_dir, log=print):

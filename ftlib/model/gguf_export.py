@@ -12,12 +12,10 @@ Not in a notebook: the CLI's `python -m ftlib export-gguf RUN OUT`.
 """
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from ftlib.plumbing.errors import ConfigError, FtlibError
-from ftlib.model.export import chat_template, gpt_to_hf_state_dict, publish_export, response_header
+from ftlib.model.export import chat_template, gpt_to_hf_state_dict, export_folder, response_header
 from ftlib.model.files import load_run_model
 from ftlib.data.instructions import ALPACA_PREAMBLE, format_input
 from ftlib.data.tokenizer import END_OF_TEXT, END_OF_TEXT_ID, GPT2_N_VOCAB, bundled_gpt2_files
@@ -165,22 +163,10 @@ def export_gguf(run_dir, out_dir):
     _check_out_dir(out_dir, run_dir)
     model, run_config = load_run_model(run_dir)
     style = run_config.get("prompt_style", "alpaca")
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    except OSError as exc:
-        raise FtlibError(f"cannot write the export folder {out_dir}: {exc.strerror or exc}") from None
-    try:
+    with export_folder(out_dir) as tmp:
         write_gguf(model, tmp / "model.gguf", style=style)
         (tmp / "Modelfile").write_text(modelfile(style, model.cfg["context_length"]), encoding="utf-8")
         (tmp / GGUF_MARKER).write_text(json.dumps({"source": str(run_dir), "prompt_style": style}) + "\n")
-        publish_export(tmp, out_dir)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise FtlibError(f"cannot write the export folder {out_dir}: {exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -9,6 +9,7 @@ see them only as files that are never half-written.
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -70,6 +71,17 @@ def atomic_write_bytes(path, data: bytes):
 def atomic_write_text(path, text: str, encoding="utf-8"):
     """Write `text` to `path` atomically."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def json_number(value, digits=None):
+    """`value` (rounded to `digits`), or None when it is missing, NaN or infinite: JSON has
+    no NaN, so metrics.json and history.jsonl stay valid JSON.
+
+    Not in a notebook: how the run folder's numbers are written.
+    """
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, digits) if digits is not None else value
 
 
 def atomic_write_json(path, obj, indent=2):

@@ -45,6 +45,7 @@ from ftlib.config import DPOConfig  # noqa: F401 (the job's settings, also ftlib
 from ftlib.data.collate import IGNORE_INDEX, instruction_collate_fn
 from ftlib.data.instructions import BUNDLED_DATA_PATH, _check_style, format_input, format_response, load_instruction_data
 from ftlib.plumbing.errors import ConfigError, DataError
+from ftlib.plumbing.fileio import json_number
 from ftlib.data.tokenizer import END_OF_TEXT_ID
 
 PREFERENCE_DATA_PATH = BUNDLED_DATA_PATH.parent / "preference-data.json"
@@ -412,7 +413,7 @@ def _record(history, counts, throughput, steps_per_epoch, policy, reference, tra
     history.val.append(dpo_stats(policy, reference, val_loader, device, beta, eval_iter))
     training_log.write({"step": step, "epoch": round(step / steps_per_epoch, 4),
                         "tokens_seen": counts["tokens"], "lr": float(f"{counts['lr']:.6g}"),
-                        **{f"{split}_{key}": round(value, 5) if math.isfinite(value) else None
+                        **{f"{split}_{key}": json_number(value, 5)
                            for split in ("train", "val") for key, value in getattr(history, split)[-1].items()},
                         "tokens_per_s": tokens_per_s})
     throughput.restart(counts["tokens"])

@@ -42,7 +42,7 @@ from ftlib.data.collate import IGNORE_INDEX
 from ftlib.plumbing.distributed import (all_reduce_sum, is_distributed, is_main_process, world_size,
                                         wrap_model)
 from ftlib.plumbing.errors import ConfigError, FtlibError
-from ftlib.plumbing.fileio import atomic_write_text
+from ftlib.plumbing.fileio import atomic_write_text, json_number
 from ftlib.model.files import restore_checkpoint, save_checkpoint
 from ftlib.training.precision import autocast
 
@@ -406,13 +406,6 @@ def _json_line(record):
     return json.dumps(record, allow_nan=False) + "\n"
 
 
-def _finite(value, digits=None):
-    """`value` (rounded to `digits`), or None when it is NaN or infinite: JSON has no NaN."""
-    if value is None or not math.isfinite(value):
-        return None
-    return round(value, digits) if digits is not None else value
-
-
 class _Throughput:
     """Input tokens per second of training since the last `rate()` (evaluations excluded:
     call `restart()` after one). Starts at the first step trained, not while a resumed
@@ -509,8 +502,8 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs,
                         tokens_per_s = throughput.rate(history.processed_tokens)
                         _evaluate(model, train_loader, val_loader, device, eval_iter, history,
                                   log if main and not progress else None, epoch)
-                        record.update(train_loss=_finite(history.train_losses[-1], 5),
-                                      val_loss=_finite(history.val_losses[-1], 5), tokens_per_s=tokens_per_s)
+                        record.update(train_loss=json_number(history.train_losses[-1], 5),
+                                      val_loss=json_number(history.val_losses[-1], 5), tokens_per_s=tokens_per_s)
                         history.records.append(record)
                         training_log.write(record)
                         throughput.restart(history.processed_tokens)
